@@ -1,0 +1,187 @@
+//! SMTP replies (RFC 5321 §4.2) with RFC 3463 enhanced status codes.
+
+use std::fmt;
+
+/// An RFC 3463 enhanced status code: `class.subject.detail`, e.g. `5.1.1`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct EnhancedStatus {
+    pub class: u8,
+    pub subject: u16,
+    pub detail: u16,
+}
+
+impl EnhancedStatus {
+    pub const fn new(class: u8, subject: u16, detail: u16) -> Self {
+        EnhancedStatus {
+            class,
+            subject,
+            detail,
+        }
+    }
+
+    /// Parses `X.Y.Z` at the start of `text`; returns the code and the rest
+    /// of the text with the separating space removed.
+    pub fn parse_prefix(text: &str) -> Option<(EnhancedStatus, &str)> {
+        let end = text.find(' ').unwrap_or(text.len());
+        let mut parts = text[..end].split('.');
+        let class: u8 = parts.next()?.parse().ok()?;
+        let subject: u16 = parts.next()?.parse().ok()?;
+        let detail: u16 = parts.next()?.parse().ok()?;
+        if parts.next().is_some() || !(2..=5).contains(&class) {
+            return None;
+        }
+        let rest = text[end..].strip_prefix(' ').unwrap_or(&text[end..]);
+        Some((EnhancedStatus::new(class, subject, detail), rest))
+    }
+}
+
+impl fmt::Display for EnhancedStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}.{}.{}", self.class, self.subject, self.detail)
+    }
+}
+
+/// One SMTP reply. `text` may hold several lines separated by `\n`; they are
+/// sent as a multi-line reply (`250-...` / `250 ...`), each line carrying the
+/// enhanced code when there is one.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Reply {
+    pub code: u16,
+    pub enhanced: Option<EnhancedStatus>,
+    pub text: String,
+}
+
+impl Reply {
+    pub fn new(code: u16, enhanced: Option<EnhancedStatus>, text: impl Into<String>) -> Self {
+        Reply {
+            code,
+            enhanced,
+            text: text.into(),
+        }
+    }
+
+    /// Reply with an enhanced code given as `(class, subject, detail)`.
+    pub fn enhanced(code: u16, status: (u8, u16, u16), text: impl Into<String>) -> Self {
+        Reply::new(
+            code,
+            Some(EnhancedStatus::new(status.0, status.1, status.2)),
+            text,
+        )
+    }
+
+    pub fn is_positive(&self) -> bool {
+        (200..400).contains(&self.code)
+    }
+    /// 4xx: try again later; the message stays queued.
+    pub fn is_transient(&self) -> bool {
+        (400..500).contains(&self.code)
+    }
+    /// 5xx: permanent refusal.
+    pub fn is_permanent(&self) -> bool {
+        self.code >= 500
+    }
+
+    /// Wire form, CRLF-terminated. `with_enhanced` is false when the client
+    /// has not been offered ENHANCEDSTATUSCODES (HELO sessions, banner).
+    pub fn to_wire(&self, with_enhanced: bool) -> Vec<u8> {
+        let mut out = Vec::with_capacity(self.text.len() + 16);
+        let lines: Vec<&str> = if self.text.is_empty() {
+            vec![""]
+        } else {
+            self.text.split('\n').collect()
+        };
+        for (i, line) in lines.iter().enumerate() {
+            let sep = if i + 1 == lines.len() { ' ' } else { '-' };
+            out.extend_from_slice(format!("{}{}", self.code, sep).as_bytes());
+            if let (true, Some(e)) = (with_enhanced, self.enhanced) {
+                out.extend_from_slice(format!("{e} ").as_bytes());
+            }
+            out.extend_from_slice(line.trim_end_matches('\r').as_bytes());
+            out.extend_from_slice(b"\r\n");
+        }
+        out
+    }
+
+    /// Parses a complete (possibly multi-line) reply from its wire lines
+    /// without their CRLF. Returns None when the lines are not one
+    /// well-formed reply. Enhanced codes are recognised on the first line.
+    pub fn parse_lines(lines: &[&str]) -> Option<Reply> {
+        let mut code = None;
+        let mut texts = Vec::with_capacity(lines.len());
+        let mut enhanced = None;
+        for (i, line) in lines.iter().enumerate() {
+            if line.len() < 3 || !line.is_char_boundary(3) {
+                return None;
+            }
+            let c: u16 = line[..3].parse().ok()?;
+            if !(200..600).contains(&c) || *code.get_or_insert(c) != c {
+                return None;
+            }
+            let last = i + 1 == lines.len();
+            let sep = line.as_bytes().get(3).copied();
+            match (sep, last) {
+                (Some(b'-'), false) | (Some(b' '), true) | (None, true) => {}
+                _ => return None,
+            }
+            let mut text = line.get(4..).unwrap_or("");
+            if let Some((e, rest)) = EnhancedStatus::parse_prefix(text) {
+                if e.class as u16 == c / 100 {
+                    if i == 0 {
+                        enhanced = Some(e);
+                    }
+                    text = rest;
+                }
+            }
+            texts.push(text);
+        }
+        Some(Reply {
+            code: code?,
+            enhanced,
+            text: texts.join("\n"),
+        })
+    }
+}
+
+impl fmt::Display for Reply {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.enhanced {
+            Some(e) => write!(f, "{} {} {}", self.code, e, self.text.replace('\n', " / ")),
+            None => write!(f, "{} {}", self.code, self.text.replace('\n', " / ")),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn multiline_round_trip() {
+        let r = Reply::enhanced(250, (2, 0, 0), "first\nsecond");
+        let wire = String::from_utf8(r.to_wire(true)).unwrap();
+        assert_eq!(wire, "250-2.0.0 first\r\n250 2.0.0 second\r\n");
+        let lines: Vec<&str> = wire.split("\r\n").filter(|l| !l.is_empty()).collect();
+        assert_eq!(Reply::parse_lines(&lines), Some(r));
+    }
+
+    #[test]
+    fn enhanced_omitted_when_not_negotiated() {
+        let r = Reply::enhanced(550, (5, 1, 1), "no such user");
+        assert_eq!(r.to_wire(false), b"550 no such user\r\n");
+    }
+
+    #[test]
+    fn rejects_mixed_codes_and_bad_separators() {
+        assert_eq!(Reply::parse_lines(&["250-a", "251 b"]), None);
+        assert_eq!(Reply::parse_lines(&["250 a", "250 b"]), None);
+        assert_eq!(Reply::parse_lines(&["25"]), None);
+        assert_eq!(Reply::parse_lines(&["250"]).unwrap().code, 250);
+    }
+
+    #[test]
+    fn enhanced_class_must_match_code() {
+        let r = Reply::parse_lines(&["250 5.1.1 odd"]).unwrap();
+        assert_eq!(r.enhanced, None);
+        assert_eq!(r.text, "5.1.1 odd");
+    }
+}
