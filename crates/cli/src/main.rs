@@ -1,1 +1,87 @@
-fn main() {}
+//! `palisade`: the admin command (shared/SPEC.md §2).
+
+mod queue;
+mod up;
+mod user;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// The configuration `palisade up` runs when none is given and
+/// config/local.toml is not in the working directory.
+pub const EMBEDDED_LOCAL_CONFIG: &str = include_str!("../../../config/local.toml");
+
+#[derive(Parser)]
+#[command(
+    name = "palisade",
+    version,
+    about = "Palisade mail gateway: admin command"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(clap::Args, Clone)]
+pub struct ConfigArg {
+    /// The architecture's configuration file.
+    #[arg(long, default_value = "config/local.toml")]
+    pub config: PathBuf,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Start every node of the configuration as its own supervised process.
+    Up(up::UpArgs),
+    /// Validate the configuration; print every error with file, line and key.
+    CheckConfig(ConfigArg),
+    /// Mailbox users: add, del, passwd, list, alias.
+    #[command(subcommand)]
+    User(user::UserCommand),
+    /// Inspect a node's queue.
+    #[command(subcommand)]
+    Queue(queue::QueueCommand),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Up(args) => up::run(args),
+        Command::CheckConfig(c) => return check_config(&c),
+        Command::User(cmd) => user::run(cmd),
+        Command::Queue(cmd) => queue::run(cmd),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("palisade: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn check_config(c: &ConfigArg) -> ExitCode {
+    match palisade_config::load(&c.config) {
+        Ok(config) => {
+            println!(
+                "{}: ok ({} nodes, {} local domains)",
+                c.config.display(),
+                config.node.len(),
+                config.domains.len()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(errors) => {
+            eprintln!("{errors}");
+            eprintln!("{} error(s)", errors.0.len());
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// Loads the configuration or fails with every error listed.
+pub fn load_config(path: &std::path::Path) -> anyhow::Result<palisade_config::Config> {
+    palisade_config::load(path).map_err(|e| anyhow::anyhow!("invalid configuration:\n{e}"))
+}

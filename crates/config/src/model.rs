@@ -110,6 +110,10 @@ pub struct Gateway {
     /// `data_dir/tls/`.
     pub tls_cert: Option<PathBuf>,
     pub tls_key: Option<PathBuf>,
+    /// The DNS resolver every node uses (`host:port`); the system's when
+    /// absent. `palisade up --dns` sets it; tests point it at their own
+    /// DNS server.
+    pub dns: Option<SocketAddr>,
 }
 
 impl Default for Gateway {
@@ -119,6 +123,7 @@ impl Default for Gateway {
             data_dir: PathBuf::from("data"),
             tls_cert: None,
             tls_key: None,
+            dns: None,
         }
     }
 }
@@ -128,8 +133,9 @@ impl Default for Gateway {
 pub struct Domain {
     pub name: String,
     /// The store node holding this domain's mailboxes (the paper's user
-    /// profiles: one store per profile).
-    pub store: String,
+    /// profiles: one store per profile). A gateway that only relays (the
+    /// benchmark) has none.
+    pub store: Option<String>,
 }
 
 /// Settings of one stage.
@@ -152,6 +158,10 @@ pub struct StageSettings {
     pub queue: QueueSettings,
     /// TLS towards the next hop: "none", "may" (opportunistic) or "require".
     pub next_hop_tls: NextHopTls,
+    /// DM19 backscatter defence: refuse unknown local recipients at RCPT
+    /// from the user directory (MX and MSA). Off only for a relay-only
+    /// gateway such as the benchmark's.
+    pub verify_recipients: bool,
 }
 
 impl Default for StageSettings {
@@ -164,6 +174,7 @@ impl Default for StageSettings {
             limits: Limits::default(),
             queue: QueueSettings::default(),
             next_hop_tls: NextHopTls::None,
+            verify_recipients: true,
         }
     }
 }
@@ -320,12 +331,15 @@ impl Config {
         }
         if settings.local_delivery {
             if let Some(domain) = self.local_domain(recipient) {
-                return match self.node.get(&domain.store).and_then(|n| n.smtp) {
+                let Some(store) = &domain.store else {
+                    return NextHop::Unroutable(format!("domain {} has no store", domain.name));
+                };
+                return match self.node.get(store).and_then(|n| n.smtp) {
                     Some(addr) => NextHop::Pool {
-                        name: domain.store.clone(),
+                        name: store.clone(),
                         addrs: vec![addr],
                     },
-                    None => NextHop::Unroutable(format!("store {} has no smtp", domain.store)),
+                    None => NextHop::Unroutable(format!("store {store} has no smtp")),
                 };
             }
         }

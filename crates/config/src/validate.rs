@@ -58,15 +58,16 @@ fn check_domains(config: &Config, problems: &mut Vec<Problem>) {
                 format!("domain `{}` is already listed (domain #{first})", d.name),
             ));
         }
-        match config.node.get(&d.store) {
+        let Some(store) = &d.store else { continue };
+        match config.node.get(store) {
             Some(n) if n.stage == StageKind::Store => {}
             Some(n) => problems.push((
                 key(&["domain", &idx, "store"]),
-                format!("node `{}` is a {} node, not a store node", d.store, n.stage),
+                format!("node `{store}` is a {} node, not a store node", n.stage),
             )),
             None => problems.push((
                 key(&["domain", &idx, "store"]),
-                format!("no node named `{}`", d.store),
+                format!("no node named `{store}`"),
             )),
         }
     }

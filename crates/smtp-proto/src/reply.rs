@@ -81,25 +81,105 @@ impl Reply {
         self.code >= 500
     }
 
+    /// `250 2.0.0 OK`, the generic success reply.
+    pub fn ok() -> Self {
+        Reply::enhanced(250, (2, 0, 0), "OK")
+    }
+
+    /// `500 5.5.2`: command unrecognised, line too long, or a forbidden
+    /// octet in a command line (RFC 5321 §4.2.2, RFC 3463 §3.6).
+    pub fn syntax_error(text: impl Into<String>) -> Self {
+        Reply::enhanced(500, (5, 5, 2), text)
+    }
+
+    /// `501 5.5.4`: the verb is known but its arguments are malformed
+    /// (RFC 5321 §4.2.2, RFC 3463 §3.6).
+    pub fn bad_arguments(text: impl Into<String>) -> Self {
+        Reply::enhanced(501, (5, 5, 4), text)
+    }
+
+    /// `502 5.5.1`: command not implemented (RFC 5321 §4.2.2).
+    pub fn not_implemented(text: impl Into<String>) -> Self {
+        Reply::enhanced(502, (5, 5, 1), text)
+    }
+
+    /// `503 5.5.1`: bad sequence of commands (RFC 5321 §4.2.2).
+    pub fn bad_sequence(text: impl Into<String>) -> Self {
+        Reply::enhanced(503, (5, 5, 1), text)
+    }
+
+    /// `555 5.5.4`: MAIL/RCPT parameter not recognised (RFC 5321 §4.2.2).
+    pub fn unknown_parameter(text: impl Into<String>) -> Self {
+        Reply::enhanced(555, (5, 5, 4), text)
+    }
+
+    /// `552 5.3.4`: message too big for system (RFC 1870, RFC 3463 §3.4).
+    pub fn message_too_big() -> Self {
+        Reply::enhanced(
+            552,
+            (5, 3, 4),
+            "Message size exceeds fixed maximum message size",
+        )
+    }
+
+    /// `452 4.5.3`: too many recipients (RFC 5321 §4.5.3.1.10).
+    pub fn too_many_recipients() -> Self {
+        Reply::enhanced(452, (4, 5, 3), "Too many recipients")
+    }
+
+    /// `550 5.5.2`: bare CR or LF in DATA, the SMTP smuggling defence
+    /// (RFC 5321 §2.3.8, SPEC §5).
+    pub fn bare_line_ending() -> Self {
+        Reply::enhanced(
+            550,
+            (5, 5, 2),
+            "Message refused: bare CR or LF in message content (see RFC 5321 section 2.3.8)",
+        )
+    }
+
+    /// `421 4.7.0`: a policy reason to close the session (SPEC §5).
+    pub fn closing_policy(text: impl Into<String>) -> Self {
+        Reply::enhanced(421, (4, 7, 0), text)
+    }
+
+    /// `421 4.4.2`: the client was idle too long (RFC 5321 §4.5.3.2).
+    pub fn timeout(text: impl Into<String>) -> Self {
+        Reply::enhanced(421, (4, 4, 2), text)
+    }
+
+    /// `554 5.5.1`: the client talked before the greeting (SPEC §5).
+    pub fn early_talker() -> Self {
+        Reply::enhanced(554, (5, 5, 1), "Protocol error: talked before greeting")
+    }
+
     /// Wire form, CRLF-terminated. `with_enhanced` is false when the client
     /// has not been offered ENHANCEDSTATUSCODES (HELO sessions, banner).
     pub fn to_wire(&self, with_enhanced: bool) -> Vec<u8> {
         let mut out = Vec::with_capacity(self.text.len() + 16);
-        let lines: Vec<&str> = if self.text.is_empty() {
-            vec![""]
-        } else {
-            self.text.split('\n').collect()
-        };
-        for (i, line) in lines.iter().enumerate() {
-            let sep = if i + 1 == lines.len() { ' ' } else { '-' };
-            out.extend_from_slice(format!("{}{}", self.code, sep).as_bytes());
+        self.write_wire(&mut out, with_enhanced);
+        out
+    }
+
+    /// Appends the wire form to `out` without intermediate allocations; the
+    /// session driver uses this to batch pipelined replies in one buffer.
+    pub fn write_wire(&self, out: &mut Vec<u8>, with_enhanced: bool) {
+        let code = [
+            b'0' + (self.code / 100 % 10) as u8,
+            b'0' + (self.code / 10 % 10) as u8,
+            b'0' + (self.code % 10) as u8,
+        ];
+        let mut lines = self.text.split('\n').peekable();
+        while let Some(line) = lines.next() {
+            out.extend_from_slice(&code);
+            out.push(if lines.peek().is_some() { b'-' } else { b' ' });
             if let (true, Some(e)) = (with_enhanced, self.enhanced) {
-                out.extend_from_slice(format!("{e} ").as_bytes());
+                use std::io::Write as _;
+                // Writing into a Vec cannot fail.
+                let _ = write!(out, "{e} ");
             }
             out.extend_from_slice(line.trim_end_matches('\r').as_bytes());
             out.extend_from_slice(b"\r\n");
         }
-        out
     }
 
     /// Parses a complete (possibly multi-line) reply from its wire lines

@@ -1,1 +1,17 @@
+//! The stage skeleton shared by every Palisade binary.
+//!
+//! A stage binary is thin wiring (Postfix's `single_server_main`): parse
+//! `--config FILE --node NAME`, load and validate the whole architecture,
+//! open this node's durable queue, listen, and forward what was accepted to
+//! the next stage's pair. What differs between stages (which checks run at
+//! RCPT, what happens to a message on arrival) is passed in by the binary.
 
+pub mod forward;
+pub mod intake;
+pub mod metrics;
+pub mod received;
+pub mod runtime;
+pub mod tls;
+
+pub use palisade_config::StageKind;
+pub use runtime::{run_relay_stage, NodeContext, StageArgs};

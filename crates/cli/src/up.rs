@@ -1,0 +1,262 @@
+//! `palisade up`: a whole architecture on this machine.
+//!
+//! Every node of the configuration runs as its own stage process (as it
+//! would on its own server), supervised: a node that dies is restarted
+//! with a growing delay, its output is prefixed with its name, and Ctrl-C
+//! or SIGTERM stops them all. Each node's PID is written to
+//! `data_dir/<node>/pid` so operators and tests can find it.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{ExitCode, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use palisade_config::Config;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+use tokio::sync::watch;
+
+#[derive(clap::Args)]
+pub struct UpArgs {
+    /// Configuration to run (default: config/local.toml, or the embedded
+    /// copy of it when that file is not here).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Where nodes keep queues, mailboxes, the directory and TLS files.
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// DNS server every node resolves through (HOST:PORT).
+    #[arg(long)]
+    dns: Option<SocketAddr>,
+    /// Directory holding the palisade-* stage binaries (default: next to
+    /// this program).
+    #[arg(long)]
+    bin_dir: Option<PathBuf>,
+}
+
+/// Restart delays grow from 1 s to this; a node that ran this long
+/// starts again from 1 s.
+const MAX_RESTART_DELAY: Duration = Duration::from_secs(30);
+
+pub fn run(args: UpArgs) -> Result<ExitCode> {
+    let (source, mut config) = load(&args)?;
+    if let Some(d) = &args.data_dir {
+        config.gateway.data_dir = d.clone();
+    }
+    if let Some(dns) = args.dns {
+        config.gateway.dns = Some(dns);
+    }
+    let data_dir = config.gateway.data_dir.clone();
+    std::fs::create_dir_all(&data_dir)
+        .with_context(|| format!("creating {}", data_dir.display()))?;
+    // Children read one file: the configuration with the flags applied.
+    let effective = data_dir.join("palisade-up.toml");
+    let text = format!(
+        "# Written by `palisade up` from {source}; edit that file, not this one.\n{}",
+        toml::to_string(&config).context("serialising the configuration")?
+    );
+    std::fs::write(&effective, text)?;
+    palisade_config::load(&effective)
+        .map_err(|e| anyhow::anyhow!("effective configuration is invalid:\n{e}"))?;
+
+    if config.gateway.tls_cert.is_none() {
+        let (cert, key) = palisade_stage::tls::cert_paths(&config);
+        if palisade_stage::tls::ensure_self_signed(&cert, &key, &config.gateway.hostname)? {
+            println!("up: generated a self-signed certificate {}", cert.display());
+        }
+    }
+
+    let bin_dir = match &args.bin_dir {
+        Some(d) => d.clone(),
+        None => std::env::current_exe()?
+            .parent()
+            .map(Path::to_path_buf)
+            .context("cannot locate the stage binaries")?,
+    };
+    for (_, node) in &config.node {
+        let bin = bin_dir.join(node.stage.binary());
+        if !bin.exists() {
+            bail!(
+                "{} not found; build the stages first (cargo build --release)",
+                bin.display()
+            );
+        }
+    }
+
+    print_plan(&config, &source);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    rt.block_on(supervise(config, effective, bin_dir))?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn load(args: &UpArgs) -> Result<(String, Config)> {
+    let default = Path::new("config/local.toml");
+    let path = match &args.config {
+        Some(p) => Some(p.as_path()),
+        None if default.exists() => Some(default),
+        None => None,
+    };
+    match path {
+        Some(p) => Ok((p.display().to_string(), crate::load_config(p)?)),
+        None => {
+            let name = "the embedded config/local.toml";
+            let c = palisade_config::parse(Path::new(name), crate::EMBEDDED_LOCAL_CONFIG)
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+            Ok((name.to_string(), c))
+        }
+    }
+}
+
+fn print_plan(config: &Config, source: &str) {
+    println!("up: {} nodes from {source}", config.node.len());
+    for (name, node) in &config.node {
+        let addrs: Vec<String> = node
+            .listeners()
+            .iter()
+            .map(|(k, a)| format!("{k} {a}"))
+            .collect();
+        println!(
+            "up:   {name:<16} {} ({})  {}",
+            node.stage,
+            node.stage.letter(),
+            addrs.join(", ")
+        );
+    }
+}
+
+async fn supervise(config: Config, effective: PathBuf, bin_dir: PathBuf) -> Result<()> {
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let mut tasks = Vec::new();
+    for (name, node) in &config.node {
+        let bin = bin_dir.join(node.stage.binary());
+        let pid_file = config.node_dir(name).join("pid");
+        tasks.push(tokio::spawn(keep_running(
+            name.clone(),
+            bin,
+            effective.clone(),
+            pid_file,
+            stop_rx.clone(),
+        )));
+    }
+    palisade_stage::runtime::shutdown_signal().await;
+    println!("up: stopping {} nodes", tasks.len());
+    let _ = stop_tx.send(true);
+    for t in tasks {
+        let _ = t.await;
+    }
+    println!("up: all nodes stopped");
+    Ok(())
+}
+
+/// Runs one node until asked to stop, restarting it when it dies.
+async fn keep_running(
+    name: String,
+    bin: PathBuf,
+    config: PathBuf,
+    pid_file: PathBuf,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut delay = Duration::from_secs(1);
+    loop {
+        let started = Instant::now();
+        let mut child = match start(&name, &bin, &config) {
+            Ok(c) => c,
+            Err(e) => {
+                println!("up: {name}: cannot start {}: {e}", bin.display());
+                if wait_or_stop(&mut stop, delay).await {
+                    return;
+                }
+                delay = (delay * 2).min(MAX_RESTART_DELAY);
+                continue;
+            }
+        };
+        if let Some(pid) = child.id() {
+            if let Some(dir) = pid_file.parent() {
+                let _ = std::fs::create_dir_all(dir);
+            }
+            let _ = std::fs::write(&pid_file, format!("{pid}\n"));
+        }
+        tokio::select! {
+            status = child.wait() => {
+                let status = status.map(|s| s.to_string()).unwrap_or_else(|e| e.to_string());
+                if started.elapsed() > MAX_RESTART_DELAY {
+                    delay = Duration::from_secs(1);
+                }
+                println!("up: {name} exited ({status}); restarting in {}s", delay.as_secs());
+                if wait_or_stop(&mut stop, delay).await {
+                    return;
+                }
+                delay = (delay * 2).min(MAX_RESTART_DELAY);
+            }
+            _ = stop.changed() => {
+                terminate(&name, &mut child).await;
+                let _ = std::fs::remove_file(&pid_file);
+                return;
+            }
+        }
+    }
+}
+
+/// Sleeps for `d` unless a stop arrives first (then returns true).
+async fn wait_or_stop(stop: &mut watch::Receiver<bool>, d: Duration) -> bool {
+    tokio::select! {
+        _ = tokio::time::sleep(d) => *stop.borrow(),
+        _ = stop.changed() => true,
+    }
+}
+
+fn start(name: &str, bin: &Path, config: &Path) -> std::io::Result<Child> {
+    let mut child = Command::new(bin)
+        .arg("--config")
+        .arg(config)
+        .arg("--node")
+        .arg(name)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()?;
+    for out in [
+        child
+            .stdout
+            .take()
+            .map(|o| Box::new(o) as Box<dyn tokio::io::AsyncRead + Unpin + Send>),
+        child
+            .stderr
+            .take()
+            .map(|o| Box::new(o) as Box<dyn tokio::io::AsyncRead + Unpin + Send>),
+    ]
+    .into_iter()
+    .flatten()
+    {
+        let name = name.to_string();
+        tokio::spawn(async move {
+            let mut lines = BufReader::new(out).lines();
+            while let Ok(Some(line)) = lines.next_line().await {
+                println!("{name:>15} | {line}");
+            }
+        });
+    }
+    Ok(child)
+}
+
+/// SIGTERM, then SIGKILL if the node has not exited within 5 s.
+async fn terminate(name: &str, child: &mut Child) {
+    if let Some(pid) = child.id() {
+        // SAFETY: plain kill(2) on our own child's PID.
+        unsafe {
+            libc::kill(pid as libc::pid_t, libc::SIGTERM);
+        }
+    }
+    if tokio::time::timeout(Duration::from_secs(5), child.wait())
+        .await
+        .is_err()
+    {
+        println!("up: {name} did not stop within 5s; killing it");
+        let _ = child.kill().await;
+    }
+}

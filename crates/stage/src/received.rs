@@ -1,0 +1,128 @@
+//! Trace headers (RFC 5321 §4.4): every stage adds one `Received:` line so a
+//! message's path through the architecture, with each hop's queue ID and
+//! time, can be read from the message itself (and by `palisade probe`).
+
+use std::time::SystemTime;
+
+use time::OffsetDateTime;
+
+/// What one hop knows about how it received a message.
+pub struct Hop<'a> {
+    /// Name the client gave in HELO/EHLO.
+    pub helo: &'a str,
+    /// Client address as `ip:port`.
+    pub peer: &'a str,
+    /// This host's name and the node that received the message.
+    pub hostname: &'a str,
+    pub node: &'a str,
+    pub tls: bool,
+    pub authenticated: bool,
+    pub queue_id: &'a str,
+    /// Named in the header only when the message has one recipient, as
+    /// Postfix does, so a multi-recipient message does not disclose its
+    /// other recipients.
+    pub single_recipient: Option<&'a str>,
+    pub when: SystemTime,
+}
+
+/// The RFC 3848 protocol keyword for the session.
+fn protocol(tls: bool, authenticated: bool) -> &'static str {
+    match (tls, authenticated) {
+        (false, false) => "ESMTP",
+        (true, false) => "ESMTPS",
+        (false, true) => "ESMTPA",
+        (true, true) => "ESMTPSA",
+    }
+}
+
+/// The header, folded, CRLF-terminated.
+pub fn received_header(hop: &Hop<'_>) -> String {
+    let ip = hop
+        .peer
+        .rsplit_once(':')
+        .map(|(ip, _)| ip)
+        .unwrap_or(hop.peer)
+        .trim_start_matches('[')
+        .trim_end_matches(']');
+    let helo = if hop.helo.is_empty() {
+        "unknown"
+    } else {
+        hop.helo
+    };
+    let mut h = format!(
+        "Received: from {helo} ([{ip}])\r\n\tby {} (Palisade {}) with {} id {}",
+        hop.hostname,
+        hop.node,
+        protocol(hop.tls, hop.authenticated),
+        hop.queue_id
+    );
+    if let Some(rcpt) = hop.single_recipient {
+        h.push_str(&format!("\r\n\tfor <{rcpt}>"));
+    }
+    h.push_str(&format!("; {}\r\n", rfc5322_date(hop.when)));
+    h
+}
+
+/// `Tue, 24 Nov 2026 10:53:10 +0000` (RFC 5322 §3.3), in UTC.
+pub fn rfc5322_date(when: SystemTime) -> String {
+    let t = OffsetDateTime::from(when);
+    const DAYS: [&str; 7] = ["Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun"];
+    const MONTHS: [&str; 12] = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ];
+    format!(
+        "{}, {} {} {} {:02}:{:02}:{:02} +0000",
+        DAYS[t.weekday().number_days_from_monday() as usize],
+        t.day(),
+        MONTHS[t.month() as usize - 1],
+        t.year(),
+        t.hour(),
+        t.minute(),
+        t.second()
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::{Duration, UNIX_EPOCH};
+
+    #[test]
+    fn header_names_hop_queue_id_and_time() {
+        let when = UNIX_EPOCH + Duration::from_secs(1_795_000_000);
+        let h = received_header(&Hop {
+            helo: "client.example",
+            peer: "127.0.0.1:40000",
+            hostname: "mail.example.test",
+            node: "mx-1",
+            tls: true,
+            authenticated: false,
+            queue_id: "00000000ABCD",
+            single_recipient: Some("bob@example.test"),
+            when,
+        });
+        assert_eq!(
+            h,
+            "Received: from client.example ([127.0.0.1])\r\n\tby mail.example.test (Palisade mx-1) \
+             with ESMTPS id 00000000ABCD\r\n\tfor <bob@example.test>; Mon, 18 Nov 2026 17:46:40 +0000\r\n"
+        );
+    }
+
+    #[test]
+    fn ipv6_peer_and_no_helo() {
+        let h = received_header(&Hop {
+            helo: "",
+            peer: "[::1]:25",
+            hostname: "h",
+            node: "n",
+            tls: false,
+            authenticated: true,
+            queue_id: "Q",
+            single_recipient: None,
+            when: UNIX_EPOCH,
+        });
+        assert!(h.starts_with("Received: from unknown ([::1])"), "{h}");
+        assert!(h.contains("with ESMTPA id Q;"), "{h}");
+        assert!(h.ends_with("Thu, 1 Jan 1970 00:00:00 +0000\r\n"), "{h}");
+    }
+}

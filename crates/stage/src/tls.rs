@@ -1,0 +1,77 @@
+//! Certificates for STARTTLS, implicit TLS, POP3S and IMAPS.
+//!
+//! Production configs name a PEM chain and key. Without them the gateway
+//! uses a self-signed pair under `data_dir/tls/`, generated once (by
+//! `palisade up`, or by the first node that needs it) and then reused, so
+//! clients that pinned it keep working across restarts.
+
+use std::fs;
+use std::io::BufReader;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{anyhow, Context, Result};
+use palisade_config::Config;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+
+/// Paths of the certificate chain and key this config uses.
+pub fn cert_paths(config: &Config) -> (PathBuf, PathBuf) {
+    match (&config.gateway.tls_cert, &config.gateway.tls_key) {
+        (Some(c), Some(k)) => (c.clone(), k.clone()),
+        _ => {
+            let dir = config.gateway.data_dir.join("tls");
+            (dir.join("cert.pem"), dir.join("key.pem"))
+        }
+    }
+}
+
+/// Creates a self-signed certificate for `hostname` unless one exists.
+/// Returns true when it generated one.
+pub fn ensure_self_signed(cert: &Path, key: &Path, hostname: &str) -> Result<bool> {
+    if cert.exists() && key.exists() {
+        return Ok(false);
+    }
+    if let Some(dir) = cert.parent() {
+        fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    let names = vec![hostname.to_string(), "localhost".to_string()];
+    let ck = rcgen::generate_simple_self_signed(names).context("generating a certificate")?;
+    // Write to temporary names and rename, so a concurrent reader never
+    // sees half a file.
+    let tmp_key = key.with_extension("tmp");
+    let tmp_cert = cert.with_extension("tmp");
+    fs::write(&tmp_key, ck.key_pair.serialize_pem())?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        fs::set_permissions(&tmp_key, fs::Permissions::from_mode(0o600))?;
+    }
+    fs::write(&tmp_cert, ck.cert.pem())?;
+    fs::rename(&tmp_key, key)?;
+    fs::rename(&tmp_cert, cert)?;
+    Ok(true)
+}
+
+/// The server-side TLS configuration for this architecture.
+pub fn server_config(config: &Config) -> Result<Arc<rustls::ServerConfig>> {
+    let (cert, key) = cert_paths(config);
+    if config.gateway.tls_cert.is_none() {
+        ensure_self_signed(&cert, &key, &config.gateway.hostname)?;
+    }
+    let certs: Vec<CertificateDer<'static>> = rustls_pemfile::certs(&mut BufReader::new(
+        fs::File::open(&cert).with_context(|| format!("opening {}", cert.display()))?,
+    ))
+    .collect::<Result<_, _>>()
+    .with_context(|| format!("reading {}", cert.display()))?;
+    let key: PrivateKeyDer<'static> = rustls_pemfile::private_key(&mut BufReader::new(
+        fs::File::open(&key).with_context(|| format!("opening {}", key.display()))?,
+    ))?
+    .ok_or_else(|| anyhow!("no private key in {}", key.display()))?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let cfg = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .context("certificate and key do not match")?;
+    Ok(Arc::new(cfg))
+}

@@ -1,0 +1,244 @@
+//! SMTP intake of the store: recipient and quota checks at RCPT, durable
+//! delivery into the mailboxes before the 250.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use palisade_mailbox::{Delivery, Directory, MailStore};
+use palisade_smtp_proto::{MailParams, RcptParams, Reply};
+use palisade_smtp_server::{Envelope, Hooks, SessionInfo};
+use palisade_stage::received::{received_header, Hop};
+use palisade_stage::NodeContext;
+use tracing::{info, warn};
+
+pub struct StoreIntake {
+    ctx: Arc<NodeContext>,
+    directory: Directory,
+    store: MailStore,
+    allowed_clients: Vec<std::net::IpAddr>,
+    /// Delivery IDs for Received headers and logs: start time in
+    /// microseconds plus a counter, so they do not repeat across restarts.
+    next_id: AtomicU64,
+}
+
+impl StoreIntake {
+    pub fn new(ctx: Arc<NodeContext>, directory: Directory, store: MailStore) -> Self {
+        let start = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_micros() as u64;
+        StoreIntake {
+            allowed_clients: ctx.config.allowed_clients(ctx.stage),
+            ctx,
+            directory,
+            store,
+            next_id: AtomicU64::new(start),
+        }
+    }
+
+    /// The mailbox owner for a recipient, if it lives on this store node.
+    fn owner(&self, rcpt: &str) -> Result<Option<palisade_mailbox::User>, Reply> {
+        match self.directory.lookup(rcpt) {
+            Ok(Some(u)) if u.store == self.ctx.node_name => Ok(Some(u)),
+            Ok(_) => Ok(None),
+            Err(e) => {
+                warn!("directory lookup for {rcpt} failed: {e}");
+                Err(Reply::enhanced(
+                    451,
+                    (4, 3, 0),
+                    "Directory temporarily unavailable",
+                ))
+            }
+        }
+    }
+}
+
+fn over_quota(rcpt: &str) -> Reply {
+    Reply::enhanced(
+        452,
+        (4, 2, 2),
+        format!("<{rcpt}>: Mailbox full, try again later"),
+    )
+}
+
+impl Hooks for StoreIntake {
+    async fn on_connect(&self, s: &SessionInfo) -> Result<(), Reply> {
+        if !self.allowed_clients.is_empty() && !self.allowed_clients.contains(&s.peer.ip()) {
+            info!(
+                "session {} from {}: refused, not an upstream node",
+                s.id, s.peer
+            );
+            return Err(Reply::enhanced(
+                554,
+                (5, 7, 1),
+                format!(
+                    "{} accepts mail only from its upstream stage",
+                    self.ctx.node_name
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    async fn on_rcpt(
+        &self,
+        _s: &SessionInfo,
+        env: &Envelope,
+        to: &str,
+        _p: &RcptParams,
+    ) -> Result<(), Reply> {
+        let Some(user) = self.owner(to)? else {
+            return Err(Reply::enhanced(
+                550,
+                (5, 1, 1),
+                format!("<{to}>: no such mailbox on {}", self.ctx.node_name),
+            ));
+        };
+        // DM35: refuse now (452, stays queued upstream) when the declared
+        // size would not fit; the exact check happens at delivery.
+        if user.quota_bytes > 0 {
+            let used = self.store.usage(&user.address).unwrap_or(0);
+            let size = env_size(&env.mail_params);
+            if used + size > user.quota_bytes {
+                return Err(over_quota(to));
+            }
+        }
+        Ok(())
+    }
+
+    async fn on_message(&self, s: &SessionInfo, env: Envelope, message: Vec<u8>) -> Reply {
+        let id = format!(
+            "{:012X}",
+            self.next_id.fetch_add(1, Ordering::Relaxed) & 0xFFFF_FFFF_FFFF
+        );
+        let origin = env.mail_params.origin.clone();
+        let mut delivered = 0;
+        for (rcpt, _) in &env.rcpts {
+            let user = match self.owner(rcpt) {
+                Ok(Some(u)) => u,
+                Ok(None) => continue, // refused at RCPT; cannot happen here
+                Err(reply) => return reply,
+            };
+            let header = received_header(&Hop {
+                helo: s.helo.as_deref().unwrap_or(""),
+                peer: &s.peer.to_string(),
+                hostname: &self.ctx.config.gateway.hostname,
+                node: &self.ctx.node_name,
+                tls: s.tls.is_some(),
+                authenticated: false,
+                queue_id: &id,
+                single_recipient: Some(rcpt),
+                when: SystemTime::now(),
+            });
+            let mut copy = Vec::with_capacity(header.len() + message.len());
+            copy.extend_from_slice(header.as_bytes());
+            copy.extend_from_slice(&message);
+            // The origin names the message at its entry point; with the
+            // recipient it makes re-sends after a crash upstream harmless.
+            let dedup = origin.as_ref().map(|o| format!("{o}\0{}", user.address));
+            let folder = folder_for(&message);
+            let result = self
+                .store
+                .deliver_async(
+                    &user.address,
+                    folder,
+                    dedup.as_deref(),
+                    copy,
+                    user.quota_bytes,
+                )
+                .await;
+            match result {
+                Ok(Delivery::Stored { uid }) => {
+                    delivered += 1;
+                    info!("{id}: to=<{rcpt}>, folder={folder}, uid={uid}, status=stored");
+                    self.ctx.metrics.inc(
+                        "palisade_store_deliveries_total",
+                        "Messages filed into mailboxes.",
+                        &[("result", "stored")],
+                    );
+                }
+                Ok(Delivery::Duplicate) => {
+                    info!(
+                        "{id}: to=<{rcpt}>, status=duplicate (origin {origin:?} already delivered)"
+                    );
+                    self.ctx.metrics.inc(
+                        "palisade_store_deliveries_total",
+                        "Messages filed into mailboxes.",
+                        &[("result", "duplicate")],
+                    );
+                }
+                Ok(Delivery::OverQuota) => {
+                    // Recipients filed before this one are recognised by
+                    // their dedup key when the upstream stage retries.
+                    info!("{id}: to=<{rcpt}>, status=over-quota");
+                    return over_quota(rcpt);
+                }
+                Err(e) if e.is_storage_full() => {
+                    warn!("{id}: to=<{rcpt}>: mailbox storage full: {e}");
+                    return Reply::enhanced(452, (4, 3, 1), "Insufficient system storage");
+                }
+                Err(e) => {
+                    warn!("{id}: to=<{rcpt}>: mailbox write failed: {e}");
+                    return Reply::enhanced(451, (4, 3, 0), "Local error in processing");
+                }
+            }
+        }
+        Reply::enhanced(
+            250,
+            (2, 0, 0),
+            format!("Ok: delivered as {id} ({delivered} mailbox(es))"),
+        )
+    }
+}
+
+fn env_size(p: &MailParams) -> u64 {
+    p.size.unwrap_or(0)
+}
+
+/// Junk for messages the antispam stage flagged (`X-Spam-Flag: YES` in the
+/// header section), INBOX otherwise.
+fn folder_for(message: &[u8]) -> &'static str {
+    let end = message
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .unwrap_or(message.len());
+    let headers = &message[..end];
+    let flagged = headers.split(|&b| b == b'\n').any(|line| {
+        let line = String::from_utf8_lossy(line);
+        let mut parts = line.splitn(2, ':');
+        let name = parts.next().unwrap_or("");
+        let value = parts.next().unwrap_or("");
+        name.eq_ignore_ascii_case("X-Spam-Flag") && value.trim().eq_ignore_ascii_case("yes")
+    });
+    if flagged {
+        "Junk"
+    } else {
+        "INBOX"
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::folder_for;
+
+    #[test]
+    fn spam_flag_files_to_junk_only_in_the_header() {
+        assert_eq!(
+            folder_for(b"Subject: x\r\nX-Spam-Flag: YES\r\n\r\nbody"),
+            "Junk"
+        );
+        assert_eq!(
+            folder_for(b"Subject: x\r\nx-spam-flag:yes\r\n\r\nbody"),
+            "Junk"
+        );
+        assert_eq!(
+            folder_for(b"Subject: x\r\n\r\nX-Spam-Flag: YES\r\n"),
+            "INBOX"
+        );
+        assert_eq!(
+            folder_for(b"Subject: x\r\nX-Spam-Flag: NO\r\n\r\n"),
+            "INBOX"
+        );
+    }
+}

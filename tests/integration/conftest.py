@@ -1,0 +1,233 @@
+"""Harness for the cross-stage tests: a whole architecture on loopback.
+
+Each test gets config/local.toml rewritten onto free ports and a temporary
+data directory, and starts the stage binaries itself (like `palisade up`
+does), so it can kill -9, stop and restart single nodes by PID. Everything
+it starts is stopped when the test ends.
+"""
+
+import os
+import re
+import shutil
+import signal
+import socket
+import ssl
+import subprocess
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+BIN = Path(os.environ.get("PALISADE_BIN", REPO / "target" / "release"))
+PASSWORD = "correct horse battery"
+
+
+def free_port_offset(ports):
+    """An offset that moves every port of the config onto free ports."""
+    for _ in range(200):
+        offset = 20000 + (uuid.uuid4().int % 300) * 100
+        if all(port_free(p + offset) for p in ports):
+            return offset
+    raise RuntimeError("no free port range")
+
+
+def port_free(port):
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+            return True
+        except OSError:
+            return False
+
+
+def wait_port(addr, timeout=15.0, proc=None):
+    host, port = addr
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"process exited with {proc.returncode} before listening on {addr}")
+        try:
+            with socket.create_connection((host, port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise TimeoutError(f"nothing listening on {addr}")
+
+
+class Architecture:
+    """config/local.toml on private ports, nodes started on demand."""
+
+    def __init__(self, workdir: Path, config_text: str | None = None, edit=None):
+        self.workdir = workdir
+        self.data = workdir / "data"
+        text = config_text or (REPO / "config" / "local.toml").read_text()
+        ports = sorted({int(p) for p in re.findall(r'"127\.0\.0\.1:(\d+)"', text)})
+        self.offset = free_port_offset(ports)
+        text = re.sub(
+            r'"127\.0\.0\.1:(\d+)"',
+            lambda m: f'"127.0.0.1:{int(m.group(1)) + self.offset}"',
+            text,
+        )
+        text = text.replace('data_dir = "data"', f'data_dir = "{self.data}"')
+        if edit:
+            text = edit(text)
+        self.config = workdir / "palisade.toml"
+        self.config.write_text(text)
+        self.text = text
+        self.procs: dict[str, subprocess.Popen] = {}
+        self.logs: dict[str, Path] = {}
+
+    # ---- addresses -------------------------------------------------------
+    def addr(self, node, key="smtp"):
+        m = re.search(
+            rf'\[node\.{re.escape(node)}\][^\[]*?{key}\s*=\s*"127\.0\.0\.1:(\d+)"',
+            self.text,
+            re.S,
+        )
+        assert m, f"{node} has no {key}"
+        return ("127.0.0.1", int(m.group(1)))
+
+    def nodes(self):
+        return re.findall(r"^\[node\.([\w-]+)\]", self.text, re.M)
+
+    def stage_of(self, node):
+        m = re.search(rf'\[node\.{re.escape(node)}\][^\[]*?stage\s*=\s*"(\w+)"', self.text, re.S)
+        return m.group(1)
+
+    # ---- processes -------------------------------------------------------
+    def start(self, *nodes):
+        for node in nodes or self.nodes():
+            stage = self.stage_of(node)
+            log = self.workdir / f"{node}.log"
+            self.logs[node] = log
+            with open(log, "ab") as out:
+                p = subprocess.Popen(
+                    [str(BIN / f"palisade-{stage}"), "--config", str(self.config), "--node", node],
+                    stdout=out,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,
+                )
+            self.procs[node] = p
+        for node in nodes or self.nodes():
+            key = "submission" if self.stage_of(node) == "msa" else "smtp"
+            wait_port(self.addr(node, key), proc=self.procs[node])
+            if self.stage_of(node) == "store" and "pop3s" in self.section(node):
+                wait_port(self.addr(node, "pop3s"), proc=self.procs[node])
+
+    def section(self, node):
+        m = re.search(rf"\[node\.{re.escape(node)}\](.*?)(?=^\[|\Z)", self.text, re.S | re.M)
+        return m.group(1)
+
+    def kill(self, node, sig=signal.SIGKILL):
+        p = self.procs.pop(node)
+        p.send_signal(sig)
+        p.wait(timeout=10)
+
+    def stop_all(self):
+        for node in list(self.procs):
+            p = self.procs.pop(node)
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+                try:
+                    p.wait(timeout=5)
+                except subprocess.TimeoutExpired:
+                    p.kill()
+                    p.wait()
+
+    def log(self, node):
+        return self.logs[node].read_text(errors="replace")
+
+    # ---- admin -----------------------------------------------------------
+    def palisade(self, *args, input=None, check=True):
+        return subprocess.run(
+            [str(BIN / "palisade"), *args, "--config", str(self.config)],
+            input=input,
+            capture_output=True,
+            text=True,
+            check=check,
+        )
+
+    def add_user(self, address, password=PASSWORD, quota=None):
+        args = ["user", "add", address, "--password-stdin"]
+        if quota is not None:
+            args += ["--quota", str(quota)]
+        return self.palisade(*args, input=password + "\n")
+
+    def pop3(self, node="store-staff"):
+        import poplib
+
+        ctx = ssl.create_default_context()
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+        host, port = self.addr(node, "pop3s")
+        return poplib.POP3_SSL(host, port, context=ctx, timeout=30)
+
+
+@pytest.fixture
+def arch_factory():
+    made = []
+
+    def make(**kw):
+        workdir = Path(tempfile.mkdtemp(prefix="palisade-it-"))
+        a = Architecture(workdir, **kw)
+        made.append(a)
+        return a
+
+    yield make
+    for a in made:
+        a.stop_all()
+        if os.environ.get("KEEP_TEST_DATA"):
+            print(f"kept {a.workdir}")
+        else:
+            shutil.rmtree(a.workdir, ignore_errors=True)
+
+
+@pytest.fixture
+def arch(arch_factory):
+    return arch_factory()
+
+
+def make_message(sender, rcpt, subject, body="Hello.\r\n", msgid=None):
+    msgid = msgid or f"<{uuid.uuid4().hex}@test.example>"
+    return (
+        f"From: <{sender}>\r\nTo: <{rcpt}>\r\nSubject: {subject}\r\n"
+        f"Message-ID: {msgid}\r\nDate: Tue, 24 Nov 2026 10:00:00 +0000\r\n\r\n{body}"
+    ).encode(), msgid
+
+
+def pop3_messages(arch, user, password=PASSWORD, node="store-staff"):
+    """Every message in user's INBOX, as bytes with CRLF line ends."""
+    p = arch.pop3(node)
+    try:
+        p.user(user)
+        p.pass_(password)
+        count, _ = p.stat()
+        out = []
+        for i in range(1, count + 1):
+            _, lines, _ = p.retr(i)
+            out.append(b"\r\n".join(lines) + b"\r\n")
+        return out
+    finally:
+        p.quit()
+
+
+def message_ids(messages):
+    ids = []
+    for m in messages:
+        found = re.search(rb"^Message-ID:\s*(<[^>]+>)", m, re.M | re.I)
+        ids.append(found.group(1).decode() if found else None)
+    return ids
+
+
+def wait_for(predicate, timeout=30.0, interval=0.2, what="condition"):
+    deadline = time.time() + timeout
+    last = None
+    while time.time() < deadline:
+        last = predicate()
+        if last:
+            return last
+        time.sleep(interval)
+    raise TimeoutError(f"timed out waiting for {what} (last: {last!r})")

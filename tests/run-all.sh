@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Installs what the tests need on a Debian machine, builds everything and
+# runs every test: the crates' unit and integration tests (cargo), then the
+# cross-stage tests with real clients and peers (pytest).
+#
+#   tests/run-all.sh            # what CI runs (.ci/run)
+#   tests/run-all.sh -k flow1   # extra arguments go to pytest
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+# Debian packages the tests drive: Python's pytest (for smtplib/poplib
+# tests), swaks, Postfix (the peer and load generator), clamd, a DNS
+# server, Redis, mutt/fetchmail.
+packages=(python3 python3-pytest swaks postfix clamav-daemon clamav dnsmasq-base
+          redis-server fetchmail mutt ca-certificates)
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "run-all: installing ${missing[*]}"
+  SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO=sudo
+  export DEBIAN_FRONTEND=noninteractive
+  $SUDO apt-get update -q
+  $SUDO apt-get install -y -q --no-install-recommends "${missing[@]}"
+fi
+
+# One release build serves the cargo tests and the stage binaries.
+cargo build --release --workspace --bins
+cargo test --release --workspace
+
+# Debian's python3 sees Debian's pytest whatever python3 is first on PATH.
+PY=/usr/bin/python3
+[ -x "$PY" ] || PY=python3
+"$PY" -m pytest -q -p no:cacheprovider tests/integration "$@"
