@@ -74,7 +74,7 @@ pub fn run(args: UpArgs) -> Result<ExitCode> {
             .map(Path::to_path_buf)
             .context("cannot locate the stage binaries")?,
     };
-    for (_, node) in &config.node {
+    for node in config.node.values() {
         let bin = bin_dir.join(node.stage.binary());
         if !bin.exists() {
             bail!(

@@ -243,8 +243,11 @@ pub struct QueueSettings {
 impl Default for QueueSettings {
     fn default() -> Self {
         QueueSettings {
-            min_retry: Seconds(60.0),
-            max_retry: Seconds(3600.0),
+            // Between our own stages a peer is usually back within
+            // seconds (restart, failover); the outgoing stage sets
+            // Internet-sized delays in its own section.
+            min_retry: Seconds(10.0),
+            max_retry: Seconds(600.0),
             max_age: Seconds(5.0 * 86400.0),
             concurrency: 20,
             map_size: 4 << 30,
