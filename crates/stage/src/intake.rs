@@ -17,6 +17,7 @@ use palisade_smtp_proto::{MailParams, RcptParams, Reply};
 use palisade_smtp_server::{Envelope, Hooks, SessionInfo};
 use tracing::{info, warn};
 
+use crate::filter::{FilterContext, MessageFilter, Verdict};
 use crate::runtime::NodeContext;
 
 /// Above this many queued messages, intake slows down (Postfix's
@@ -31,6 +32,8 @@ pub struct RelayIntake {
     pub allowed_clients: Vec<IpAddr>,
     /// User directory for recipient checks at the MX and MSA.
     pub directory: Option<Directory>,
+    /// Content inspection before queueing (antivirus, antispam stages).
+    pub filter: Option<Arc<dyn MessageFilter>>,
 }
 
 impl RelayIntake {
@@ -129,6 +132,45 @@ impl Hooks for RelayIntake {
     async fn on_message(&self, s: &SessionInfo, env: Envelope, message: Vec<u8>) -> Reply {
         if self.queue.len() > BACKPRESSURE_QUEUE_LEN {
             tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+        let client = ClientInfo {
+            peer: s.peer.to_string(),
+            helo: s.helo.clone().unwrap_or_default(),
+            tls: s
+                .tls
+                .as_ref()
+                .map(|t| format!("{} {}", t.version, t.cipher)),
+            auth_user: s.auth_user.clone(),
+        };
+        let mut message = message;
+        if let Some(filter) = &self.filter {
+            let fctx = FilterContext {
+                node: &self.ctx.node_name,
+                mail_from: &env.mail_from,
+                rcpts: env.rcpts.iter().map(|(a, _)| a.as_str()).collect(),
+                client: &client,
+                origin: env.mail_params.origin.as_deref(),
+            };
+            match filter.inspect(&fctx, &message).await {
+                Verdict::Accept { prepend } => {
+                    if !prepend.is_empty() {
+                        let mut m = Vec::with_capacity(prepend.len() + message.len());
+                        m.extend_from_slice(prepend.as_bytes());
+                        m.extend_from_slice(&message);
+                        message = m;
+                    }
+                }
+                Verdict::Kept { reason } => {
+                    info!(
+                        "session {} from {}: from=<{}> kept out of the flow: {reason}",
+                        s.id, s.peer, env.mail_from
+                    );
+                    return Reply::enhanced(250, (2, 0, 0), format!("Ok: {reason}"));
+                }
+                Verdict::Tempfail(reply) | Verdict::Reject(reply) => {
+                    return self.refuse(s, "DATA", reply)
+                }
+            }
         }
         let size = message.len();
         let new = NewMessage {

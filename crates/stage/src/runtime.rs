@@ -12,6 +12,7 @@ use palisade_smtp_server::{ListenerProfile, ServerConfig, Timeouts};
 use tokio::net::TcpListener;
 use tracing::{error, info};
 
+use crate::filter::MessageFilter;
 use crate::forward::Forwarder;
 use crate::intake::RelayIntake;
 use crate::metrics::Metrics;
@@ -158,10 +159,22 @@ pub async fn bind(addr: std::net::SocketAddr, what: &str) -> Result<TcpListener>
 /// Runs a store-and-forward stage: mx, msa, antivirus, antispam, outgoing.
 pub fn run_relay_stage(stage: StageKind) -> Result<()> {
     let ctx = NodeContext::from_args(stage);
-    runtime().block_on(relay_main(ctx))
+    runtime().block_on(relay_main(ctx, None))
 }
 
-async fn relay_main(ctx: Arc<NodeContext>) -> Result<()> {
+/// Like [`run_relay_stage`], with a content filter that sees every message
+/// before it is queued. `make_filter` runs once the node's context is
+/// known (it may open databases under the node's directory).
+pub fn run_filtering_stage<F>(stage: StageKind, make_filter: F) -> Result<()>
+where
+    F: FnOnce(&Arc<NodeContext>) -> Result<Arc<dyn MessageFilter>>,
+{
+    let ctx = NodeContext::from_args(stage);
+    let filter = make_filter(&ctx)?;
+    runtime().block_on(relay_main(ctx, Some(filter)))
+}
+
+async fn relay_main(ctx: Arc<NodeContext>, filter: Option<Arc<dyn MessageFilter>>) -> Result<()> {
     let queue = ctx.open_queue()?;
     info!(
         "{} ({} stage {}) starting: {} message(s) in queue",
@@ -183,6 +196,7 @@ async fn relay_main(ctx: Arc<NodeContext>) -> Result<()> {
         queue: queue.clone(),
         allowed_clients: ctx.config.allowed_clients(ctx.stage),
         directory,
+        filter,
     });
     let tls = if ctx.stage.is_edge() {
         Some(crate::tls::server_config(&ctx.config)?)
