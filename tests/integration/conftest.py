@@ -99,6 +99,9 @@ class Architecture:
 
     # ---- processes -------------------------------------------------------
     def start(self, *nodes):
+        # The antivirus nodes scan with a real clamd (tests/integration/clamd.py).
+        if any(self.stage_of(n) == "antivirus" for n in nodes or self.nodes()):
+            self.start_clamd()
         for node in nodes or self.nodes():
             stage = self.stage_of(node)
             log = self.workdir / f"{node}.log"
@@ -126,7 +129,16 @@ class Architecture:
         p.send_signal(sig)
         p.wait(timeout=10)
 
+    def start_clamd(self):
+        from clamd import Clamd
+
+        if getattr(self, "clamd", None) is None and "[stage.antivirus.virus]" not in self.text:
+            self.clamd = Clamd(self.data / "clamd").start()
+
     def stop_all(self):
+        if getattr(self, "clamd", None) is not None:
+            self.clamd.stop()
+            self.clamd = None
         for node in list(self.procs):
             p = self.procs.pop(node)
             if p.poll() is None:
@@ -231,3 +243,74 @@ def wait_for(predicate, timeout=30.0, interval=0.2, what="condition"):
             return last
         time.sleep(interval)
     raise TimeoutError(f"timed out waiting for {what} (last: {last!r})")
+
+
+class SmtpSink:
+    """A small SMTP server on loopback that keeps what it receives:
+    stands in for "the Internet" behind the outgoing stage."""
+
+    def __init__(self, reply_to_rcpt=None):
+        import socketserver
+        import threading
+
+        self.messages = []  # (mail_from, [rcpts], data bytes)
+        self.reply_to_rcpt = reply_to_rcpt or (lambda rcpt: "250 2.1.5 Ok")
+        sink = self
+
+        class Handler(socketserver.StreamRequestHandler):
+            def handle(self):
+                w = self.wfile.write
+                w(b"220 sink.test ESMTP\r\n")
+                mail_from, rcpts = None, []
+                while True:
+                    line = self.rfile.readline()
+                    if not line:
+                        return
+                    cmd = line.decode(errors="replace").strip()
+                    verb = cmd[:4].upper()
+                    if verb in ("EHLO", "HELO"):
+                        w(b"250-sink.test\r\n250-8BITMIME\r\n250 PIPELINING\r\n")
+                    elif verb == "MAIL":
+                        mail_from, rcpts = cmd[10:].split(">")[0].lstrip("<"), []
+                        w(b"250 2.1.0 Ok\r\n")
+                    elif verb == "RCPT":
+                        rcpt = cmd[8:].split(">")[0].lstrip("<")
+                        reply = sink.reply_to_rcpt(rcpt)
+                        if reply.startswith("2"):
+                            rcpts.append(rcpt)
+                        w(reply.encode() + b"\r\n")
+                    elif verb == "DATA":
+                        w(b"354 go ahead\r\n")
+                        data = b""
+                        while True:
+                            l = self.rfile.readline()
+                            if l in (b".\r\n", b""):
+                                break
+                            data += l[1:] if l.startswith(b"..") else l
+                        sink.messages.append((mail_from, rcpts, data))
+                        w(b"250 2.0.0 Ok: kept\r\n")
+                    elif verb == "QUIT":
+                        w(b"221 2.0.0 Bye\r\n")
+                        return
+                    else:
+                        w(b"250 2.0.0 Ok\r\n")
+
+        class Server(socketserver.ThreadingTCPServer):
+            allow_reuse_address = True
+            daemon_threads = True
+
+        self.server = Server(("127.0.0.1", 0), Handler)
+        self.port = self.server.server_address[1]
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def sink():
+    s = SmtpSink()
+    yield s
+    s.close()

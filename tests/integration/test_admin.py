@@ -104,7 +104,7 @@ def test_check_config_names_file_line_and_key(tmp_path):
 
 
 def test_user_add_is_seen_by_a_running_mx(arch):
-    arch.start("mx-1")
+    arch.start("store-staff", "mx-1")
     c = Raw(arch.addr("mx-1"))
     c.cmd("EHLO client.test")
     c.cmd("MAIL FROM:<a@outside.test>")

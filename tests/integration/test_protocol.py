@@ -61,7 +61,7 @@ class Raw:
 def mx(arch_factory):
     a = arch_factory()
     a.add_user(USER)
-    a.start("mx-1")
+    a.start("store-staff", "mx-1")
     return a
 
 
@@ -86,7 +86,7 @@ def test_size_refused_at_mail_and_after_data(arch_factory):
     a = arch_factory(edit=lambda t: t.replace(
         "max_message_size = 26214400   # DM8: 25 MiB", "max_message_size = 10000"))
     a.add_user(USER)
-    a.start("mx-1")
+    a.start("store-staff", "mx-1")
     c = Raw(a.addr("mx-1"))
     code, ehlo = c.cmd("EHLO client.test")
     assert "SIZE 10000" in ehlo
@@ -114,7 +114,7 @@ SMUGGLING = [
 def test_smuggling_payloads_are_refused_and_never_split(arch_factory, fake_end):
     a = arch_factory()
     a.add_user(USER)
-    a.start("mx-1", "antivirus-1", "antispam-1", "store-staff")
+    a.start("store-staff", "mx-1", "antivirus-1", "antispam-1")
     c = Raw(a.addr("mx-1"))
     c.cmd("EHLO client.test")
     assert c.cmd("MAIL FROM:<a@outside.test>")[0] == 250
@@ -190,7 +190,7 @@ def test_command_before_greeting_is_554_and_closed(arch_factory):
         )
     a = arch_factory(edit=pause)
     a.add_user(USER)
-    a.start("mx-1")
+    a.start("store-staff", "mx-1")
     c = Raw(a.addr("mx-1"), read_banner=False)
     c.send(b"EHLO early.test\r\n")
     code, text = c.reply()

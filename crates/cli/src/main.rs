@@ -1,6 +1,10 @@
 //! `palisade`: the admin command (shared/SPEC.md §2).
 
+mod dkim;
+mod clamd;
+mod quarantine;
 mod queue;
+mod spam;
 mod up;
 mod user;
 
@@ -43,6 +47,15 @@ enum Command {
     /// Inspect a node's queue.
     #[command(subcommand)]
     Queue(queue::QueueCommand),
+    /// DKIM keys: keygen, rotate, record, verify.
+    #[command(subcommand)]
+    Dkim(dkim::DkimCommand),
+    /// Antispam Bayes database: train, eval.
+    #[command(subcommand)]
+    Spam(spam::SpamCommand),
+    /// Messages the content stages kept out of the flow: list, show, release, delete.
+    #[command(subcommand)]
+    Quarantine(quarantine::QuarantineCommand),
 }
 
 fn main() -> ExitCode {
@@ -52,6 +65,9 @@ fn main() -> ExitCode {
         Command::CheckConfig(c) => return check_config(&c),
         Command::User(cmd) => user::run(cmd),
         Command::Queue(cmd) => queue::run(cmd),
+        Command::Spam(cmd) => spam::run(cmd),
+        Command::Quarantine(cmd) => quarantine::run(cmd),
+        Command::Dkim(cmd) => dkim::run(cmd),
     };
     match result {
         Ok(code) => code,

@@ -40,25 +40,36 @@ pub struct UpArgs {
 const MAX_RESTART_DELAY: Duration = Duration::from_secs(30);
 
 pub fn run(args: UpArgs) -> Result<ExitCode> {
-    let (source, mut config) = load(&args)?;
+    let (source, path, text) = read_config(&args)?;
+    // The flags patch the file's text (comments and all): the nodes read
+    // exactly what the admin wrote, plus these two keys.
+    let mut doc: toml_edit::DocumentMut = text
+        .parse()
+        .with_context(|| format!("parsing {source}"))?;
     if let Some(d) = &args.data_dir {
-        config.gateway.data_dir = d.clone();
+        doc["gateway"]["data_dir"] = toml_edit::value(d.display().to_string());
     }
     if let Some(dns) = args.dns {
-        config.gateway.dns = Some(dns);
+        doc["gateway"]["dns"] = toml_edit::value(dns.to_string());
     }
+    let patched = args.data_dir.is_some() || args.dns.is_some() || path.is_none();
+    let text = doc.to_string();
+    let config = palisade_config::parse(Path::new(&source), &text)
+        .map_err(|e| anyhow::anyhow!("invalid configuration:\n{e}"))?;
     let data_dir = config.gateway.data_dir.clone();
     std::fs::create_dir_all(&data_dir)
         .with_context(|| format!("creating {}", data_dir.display()))?;
-    // Children read one file: the configuration with the flags applied.
-    let effective = data_dir.join("palisade-up.toml");
-    let text = format!(
-        "# Written by `palisade up` from {source}; edit that file, not this one.\n{}",
-        toml::to_string(&config).context("serialising the configuration")?
-    );
-    std::fs::write(&effective, text)?;
-    palisade_config::load(&effective)
-        .map_err(|e| anyhow::anyhow!("effective configuration is invalid:\n{e}"))?;
+    let effective = match path {
+        Some(p) if !patched => p,
+        _ => {
+            let effective = data_dir.join("palisade-up.toml");
+            std::fs::write(
+                &effective,
+                format!("# Written by `palisade up` from {source} and its flags.\n{text}"),
+            )?;
+            effective
+        }
+    };
 
     if config.gateway.tls_cert.is_none() {
         let (cert, key) = palisade_stage::tls::cert_paths(&config);
@@ -84,30 +95,36 @@ pub fn run(args: UpArgs) -> Result<ExitCode> {
         }
     }
 
+    let clamd = crate::clamd::prepare(&config)?;
     print_plan(&config, &source);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()?;
-    rt.block_on(supervise(config, effective, bin_dir))?;
+    rt.block_on(supervise(config, effective, bin_dir, clamd))?;
     Ok(ExitCode::SUCCESS)
 }
 
-fn load(args: &UpArgs) -> Result<(String, Config)> {
+/// The configuration's name (for messages), its path when it is a file,
+/// and its text.
+fn read_config(args: &UpArgs) -> Result<(String, Option<PathBuf>, String)> {
     let default = Path::new("config/local.toml");
     let path = match &args.config {
-        Some(p) => Some(p.as_path()),
-        None if default.exists() => Some(default),
+        Some(p) => Some(p.clone()),
+        None if default.exists() => Some(default.to_path_buf()),
         None => None,
     };
     match path {
-        Some(p) => Ok((p.display().to_string(), crate::load_config(p)?)),
-        None => {
-            let name = "the embedded config/local.toml";
-            let c = palisade_config::parse(Path::new(name), crate::EMBEDDED_LOCAL_CONFIG)
-                .map_err(|e| anyhow::anyhow!("{e}"))?;
-            Ok((name.to_string(), c))
+        Some(p) => {
+            let text = std::fs::read_to_string(&p)
+                .with_context(|| format!("reading {}", p.display()))?;
+            Ok((p.display().to_string(), Some(p), text))
         }
+        None => Ok((
+            "the embedded config/local.toml".to_string(),
+            None,
+            crate::EMBEDDED_LOCAL_CONFIG.to_string(),
+        )),
     }
 }
 
@@ -128,9 +145,17 @@ fn print_plan(config: &Config, source: &str) {
     }
 }
 
-async fn supervise(config: Config, effective: PathBuf, bin_dir: PathBuf) -> Result<()> {
+async fn supervise(
+    config: Config,
+    effective: PathBuf,
+    bin_dir: PathBuf,
+    clamd: Option<crate::clamd::LocalClamd>,
+) -> Result<()> {
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut tasks = Vec::new();
+    if let Some(c) = clamd {
+        tasks.push(tokio::spawn(crate::clamd::supervise(c, stop_rx.clone())));
+    }
     for (name, node) in &config.node {
         let bin = bin_dir.join(node.stage.binary());
         let pid_file = config.node_dir(name).join("pid");

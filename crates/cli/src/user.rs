@@ -48,6 +48,13 @@ pub enum UserCommand {
         #[command(flatten)]
         config: ConfigArg,
     },
+    /// Make ALIAS deliver to (and be usable as a sender by) ADDRESS.
+    Alias {
+        alias: String,
+        address: String,
+        #[command(flatten)]
+        config: ConfigArg,
+    },
     /// List users.
     List {
         #[command(flatten)]
@@ -56,6 +63,28 @@ pub enum UserCommand {
 }
 
 pub fn run(cmd: UserCommand) -> Result<ExitCode> {
+    let config = match &cmd {
+        UserCommand::Add { config, .. }
+        | UserCommand::Del { config, .. }
+        | UserCommand::Passwd { config, .. }
+        | UserCommand::Quota { config, .. }
+        | UserCommand::Alias { config, .. } => Some(config.config.clone()),
+        UserCommand::List { .. } => None,
+    };
+    let code = change(cmd)?;
+    // Push the change to the MX and MSA replicas; they would also pick it
+    // up on their next pull, within seconds.
+    if let Some(path) = config {
+        let cfg = crate::load_config(&path)?;
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?
+            .block_on(palisade_stage::replica::push_change(&cfg));
+    }
+    Ok(code)
+}
+
+fn change(cmd: UserCommand) -> Result<ExitCode> {
     match cmd {
         UserCommand::Add {
             address,
@@ -117,6 +146,18 @@ pub fn run(cmd: UserCommand) -> Result<ExitCode> {
                 bail!("no user {address}");
             }
             println!("quota of {address} is now {}", show_bytes(q));
+        }
+        UserCommand::Alias {
+            alias,
+            address,
+            config,
+        } => {
+            let cfg = crate::load_config(&config.config)?;
+            if cfg.local_domain(&alias).is_none() {
+                bail!("{alias} is not in a local domain of {}", config.config.display());
+            }
+            directory(&cfg)?.add_alias(&alias, &address)?;
+            println!("{alias} now delivers to {address}");
         }
         UserCommand::List { config } => {
             let cfg = crate::load_config(&config.config)?;

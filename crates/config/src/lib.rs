@@ -5,12 +5,18 @@
 //! Loading collects *every* error (not just the first), each with the file,
 //! line and key it concerns, so `palisade check-config` can print them all.
 
+mod content;
 mod duration;
+mod mechanisms;
 mod model;
+mod outbound;
 mod validate;
 
+pub use content::{ScannerUnavailable, SpamRule, SpamSettings, VirusSettings};
 pub use duration::Seconds;
+pub use mechanisms::*;
 pub use model::*;
+pub use outbound::{static_route, DkimKey, OutboundSettings, RouteTable};
 
 use std::fmt;
 use std::path::{Path, PathBuf};

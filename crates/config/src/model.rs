@@ -114,6 +114,12 @@ pub struct Gateway {
     /// absent. `palisade up --dns` sets it; tests point it at their own
     /// DNS server.
     pub dns: Option<SocketAddr>,
+    /// MX and MSA nodes pull the user directory from the store nodes this
+    /// often (and at once when `palisade user` tells them of a change).
+    pub replica_pull_interval: Seconds,
+    /// A replica not refreshed for this long tempfails (451) addresses it
+    /// does not know instead of refusing them.
+    pub replica_max_age: Seconds,
 }
 
 impl Default for Gateway {
@@ -124,6 +130,8 @@ impl Default for Gateway {
             tls_cert: None,
             tls_key: None,
             dns: None,
+            replica_pull_interval: Seconds(2.0),
+            replica_max_age: Seconds(3600.0),
         }
     }
 }
@@ -162,6 +170,49 @@ pub struct StageSettings {
     /// from the user directory (MX and MSA). Off only for a relay-only
     /// gateway such as the benchmark's.
     pub verify_recipients: bool,
+    /// Antivirus stage: clamd and MIME-bomb limits (content.rs).
+    pub virus: crate::content::VirusSettings,
+    /// Antispam stage: Bayes, rules, thresholds (content.rs).
+    pub spam: crate::content::SpamSettings,
+    /// Outgoing stage: static routes by recipient domain (outbound.rs).
+    pub routes: crate::outbound::RouteTable,
+    /// Outgoing stage: MX delivery, TLS policy, DKIM, DSN (outbound.rs).
+    pub outbound: crate::outbound::OutboundSettings,
+    /// MX/MSA: the Table I defense mechanisms this stage enforces (mechanisms.rs).
+    pub mechanisms: crate::Mechanisms,
+    /// MSA: SMTP AUTH and sender ownership (issue 5).
+    pub submission: SubmissionSettings,
+}
+
+/// The MSA's authenticated submission (Table I: DM2 submission, DM4 SMTP
+/// AUTH, DM14 TLS).
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SubmissionSettings {
+    /// Pause before answering a failed AUTH (slows password guessing).
+    pub auth_failure_delay: Seconds,
+    /// Failed AUTH attempts allowed per client IP, and per account, within
+    /// `auth_failure_window`; past it the client gets 421 4.7.0 and its
+    /// attempts are not even checked.
+    pub auth_max_failures: u32,
+    pub auth_failure_window: Seconds,
+    /// Also require the From: header to be an address the user owns.
+    pub check_header_from: bool,
+    /// Leave the submitting client's IP out of the Received header (users
+    /// submit from home; their address is nobody else's business).
+    pub hide_client_ip: bool,
+}
+
+impl Default for SubmissionSettings {
+    fn default() -> Self {
+        SubmissionSettings {
+            auth_failure_delay: Seconds(1.0),
+            auth_max_failures: 10,
+            auth_failure_window: Seconds(60.0),
+            check_header_from: true,
+            hide_client_ip: true,
+        }
+    }
 }
 
 impl Default for StageSettings {
@@ -175,6 +226,12 @@ impl Default for StageSettings {
             queue: QueueSettings::default(),
             next_hop_tls: NextHopTls::None,
             verify_recipients: true,
+            virus: Default::default(),
+            spam: Default::default(),
+            routes: Default::default(),
+            outbound: Default::default(),
+            mechanisms: Default::default(),
+            submission: SubmissionSettings::default(),
         }
     }
 }

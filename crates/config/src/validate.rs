@@ -18,6 +18,9 @@ pub(crate) fn validate(config: &Config) -> Vec<Problem> {
     check_domains(config, &mut problems);
     check_nodes(config, &mut problems);
     check_stages(config, &mut problems);
+    crate::mechanisms::check(config, &mut problems);
+    crate::outbound::validate(config, &mut problems);
+    crate::content::validate(config, &mut problems);
     problems
 }
 

@@ -30,7 +30,7 @@ const ARGON2_T: u32 = 2;
 const ARGON2_P: u32 = 1;
 
 /// A user of the gateway as returned by [`Directory::lookup`] / [`Directory::list`].
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct User {
     /// Canonical address, lowercased (`local@domain`).
     pub address: String,
@@ -44,6 +44,11 @@ pub struct User {
     pub aliases: Vec<String>,
     /// Directory version at this user's last change.
     pub version: u64,
+    /// The mailbox is full (DM35). Set by the store in the snapshots it
+    /// serves, so the MX and MSA replicas can answer 452 4.2.2 at RCPT;
+    /// always false in the authoritative directory.
+    #[serde(default)]
+    pub over_quota: bool,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -53,6 +58,7 @@ struct UserRecord {
     store: String,
     aliases: Vec<String>,
     version: u64,
+    over_quota: bool,
 }
 
 impl UserRecord {
@@ -64,6 +70,7 @@ impl UserRecord {
             store: self.store,
             aliases: self.aliases,
             version: self.version,
+            over_quota: self.over_quota,
         }
     }
 }
@@ -244,6 +251,7 @@ impl Directory {
             store: store.to_string(),
             aliases: Vec::new(),
             version,
+            over_quota: false,
         };
         txn.put(
             i.users,
@@ -433,6 +441,52 @@ impl Directory {
                 Ok(None)
             }
         }
+    }
+
+    /// Replaces every user held by `store` (and their aliases) with `users`,
+    /// in one transaction: how an MX or MSA replica takes in the snapshot a
+    /// store node serves. Password hashes and flags are copied as they are.
+    pub fn replace_store_users(&self, store: &str, users: &[User]) -> Result<(), MailboxError> {
+        let i = &self.inner;
+        let mut txn = i.env.begin_rw_txn()?;
+        let mut old = Vec::new();
+        {
+            let mut cursor = txn.open_ro_cursor(i.users)?;
+            for item in cursor.iter_start() {
+                let (k, v) = item?;
+                let rec: UserRecord = postcard::from_bytes(v)?;
+                if rec.store == store {
+                    old.push((k.to_vec(), rec.aliases));
+                }
+            }
+        }
+        for (key, aliases) in old {
+            for alias in aliases {
+                match txn.del(i.aliases, &alias, None) {
+                    Ok(()) | Err(lmdb::Error::NotFound) => {}
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            txn.del(i.users, &key, None)?;
+        }
+        for u in users {
+            let address = normalize_address(&u.address)?;
+            let rec = UserRecord {
+                password_hash: u.password_hash.clone(),
+                quota_bytes: u.quota_bytes,
+                store: store.to_string(),
+                aliases: u.aliases.clone(),
+                version: u.version,
+                over_quota: u.over_quota,
+            };
+            txn.put(i.users, &address, &postcard::to_stdvec(&rec)?, WriteFlags::empty())?;
+            for alias in &u.aliases {
+                txn.put(i.aliases, alias, &address, WriteFlags::empty())?;
+            }
+        }
+        bump_version(&mut txn, i.meta)?;
+        txn.commit()?;
+        Ok(())
     }
 
     /// The directory-wide change counter (bumped by every successful change).

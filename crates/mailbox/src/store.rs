@@ -134,6 +134,9 @@ struct Core {
     dbs: Dbs,
     batches: AtomicU64,
     batched_deliveries: AtomicU64,
+    /// Bumped after every committed change, so IMAP IDLE sessions in this process learn of a
+    /// delivery at once instead of polling (other processes' writes are caught by their poll).
+    changes: tokio::sync::watch::Sender<u64>,
 }
 
 /// Group-commit counters of [`MailStore::deliver_async`] (for metrics).
@@ -298,6 +301,10 @@ fn copy_error(e: &MailboxError) -> MailboxError {
 }
 
 impl Core {
+    fn notify_change(&self) {
+        self.changes.send_modify(|n| *n = n.wrapping_add(1));
+    }
+
     fn get_folder<T: Transaction>(
         &self,
         txn: &T,
@@ -540,6 +547,7 @@ impl Core {
                     results.push(res);
                 }
                 txn.commit()?;
+                self.notify_change();
                 Ok(())
             })();
             self.batches.fetch_add(1, Ordering::Relaxed);
@@ -593,6 +601,7 @@ impl MailStore {
                     dbs,
                     batches: AtomicU64::new(0),
                     batched_deliveries: AtomicU64::new(0),
+                    changes: tokio::sync::watch::Sender::new(0),
                 }),
                 batcher: Mutex::new(None),
             })
@@ -624,7 +633,10 @@ impl MailStore {
         let mut txn = core.env.begin_rw_txn()?;
         let d = core.deliver_in(&mut txn, &user, &folder, dedup_key, message, quota_bytes)?;
         match d {
-            Delivery::Stored { .. } => txn.commit()?,
+            Delivery::Stored { .. } => {
+                txn.commit()?;
+                core.notify_change();
+            }
             _ => txn.abort(),
         }
         Ok(d)
@@ -761,6 +773,7 @@ impl MailStore {
         let (n, _) = core.delete_in(&mut txn, &user, &folder, uids)?;
         if n > 0 {
             txn.commit()?;
+            core.notify_change();
         }
         Ok(n)
     }
@@ -816,6 +829,9 @@ impl MailStore {
             n += 1;
         }
         txn.commit()?;
+        if n > 0 {
+            core.notify_change();
+        }
         Ok(n)
     }
 
@@ -846,6 +862,7 @@ impl MailStore {
         let flags = flags.iter().map(|f| f.to_string()).collect();
         let uid = core.append(&mut txn, &user, &folder, message, flags, date)?;
         txn.commit()?;
+        core.notify_change();
         Ok(Delivery::Stored { uid })
     }
 
@@ -885,6 +902,7 @@ impl MailStore {
             return Ok(None);
         }
         txn.commit()?;
+        core.notify_change();
         Ok(Some(map))
     }
 
@@ -944,6 +962,129 @@ impl MailStore {
         core.delete_in(&mut txn, &user, &folder, &late)?;
         txn.del(core.dbs.folders, &folder_key(&user, &folder), None)?;
         txn.commit()?;
+        core.notify_change();
+        Ok(true)
+    }
+
+    /// A receiver that changes after every committed write to this store by this process
+    /// (deliveries, flags, copies, deletions). IMAP IDLE waits on it; writes made by *other*
+    /// processes are not seen here, so waiters should also re-check on a timer.
+    pub fn subscribe_changes(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.core().changes.subscribe()
+    }
+
+    /// Moves messages to another folder (created if missing) in one transaction, keeping flags
+    /// and internal date: a crash leaves either the old or the new state, never both or
+    /// neither (IMAP MOVE, RFC 6851). Returns `(source uid, new uid)` pairs.
+    pub fn move_messages(
+        &self,
+        user: &str,
+        from: &str,
+        uids: &[u32],
+        to: &str,
+    ) -> Result<Vec<(u32, u32)>, MailboxError> {
+        let user = normalize_user(user)?;
+        let from = normalize_folder(from)?;
+        let to = normalize_folder(to)?;
+        if from == to {
+            return Err(MailboxError::InvalidInput(
+                "source and target folder are the same".into(),
+            ));
+        }
+        let core = self.core();
+        let mut txn = core.env.begin_rw_txn()?;
+        let mut map = Vec::new();
+        for &uid in uids {
+            let rec: MsgRecord =
+                match get_opt(&txn, core.dbs.messages, &msg_key(&user, &from, uid))? {
+                    Some(b) => postcard::from_bytes(b)?,
+                    None => continue,
+                };
+            let Some(body) = get_opt(&txn, core.dbs.bodies, &rec.body.to_be_bytes())? else {
+                continue;
+            };
+            let body = body.to_vec();
+            let new_uid =
+                core.append(&mut txn, &user, &to, &body, rec.flags, rec.internal_date_ms)?;
+            map.push((uid, new_uid));
+        }
+        let moved: Vec<u32> = map.iter().map(|(old, _)| *old).collect();
+        core.delete_in(&mut txn, &user, &from, &moved)?;
+        txn.commit()?;
+        if !map.is_empty() {
+            core.notify_change();
+        }
+        Ok(map)
+    }
+
+    /// Renames a folder and its sub-folders (`from/...`, `/` being the hierarchy delimiter),
+    /// keeping UIDs and UIDVALIDITY. Renaming INBOX moves its messages into the new folder
+    /// (fresh UIDVALIDITY there) and leaves INBOX empty, as IMAP RENAME requires.
+    /// `Ok(false)` if `from` does not exist; `AlreadyExists` if `to` does.
+    pub fn rename_folder(&self, user: &str, from: &str, to: &str) -> Result<bool, MailboxError> {
+        let user = normalize_user(user)?;
+        let from = normalize_folder(from)?;
+        let to = normalize_folder(to)?;
+        if to == INBOX {
+            return Err(MailboxError::InvalidInput("cannot rename to INBOX".into()));
+        }
+        let core = self.core();
+        let mut txn = core.env.begin_rw_txn()?;
+        if core.get_folder(&txn, &user, &to)?.is_some() {
+            return Err(MailboxError::AlreadyExists(to));
+        }
+        if core.get_folder(&txn, &user, &from)?.is_none() {
+            return Ok(false);
+        }
+        // (old name, new name) of the folder and, except for INBOX, its sub-folders.
+        let mut renames = vec![(from.clone(), to.clone())];
+        if from != INBOX {
+            let prefix = folder_key(&user, &format!("{from}/"));
+            let user_prefix_len = user.len() + 1;
+            scan_prefix(&txn, core.dbs.folders, &prefix, |k, _| {
+                let old = String::from_utf8_lossy(&k[user_prefix_len..]).into_owned();
+                let new = format!("{to}{}", &old[from.len()..]);
+                renames.push((old, new));
+                Ok(())
+            })?;
+        }
+        for (old, new) in &renames {
+            let old_rec = core
+                .get_folder(&txn, &user, old)?
+                .ok_or_else(|| MailboxError::NotFound(old.clone()))?;
+            let new_rec = if old == INBOX {
+                FolderRecord {
+                    uidvalidity: core.new_uidvalidity(&mut txn)?,
+                    uidnext: old_rec.uidnext,
+                }
+            } else {
+                old_rec
+            };
+            if core.get_folder(&txn, &user, new)?.is_some() {
+                return Err(MailboxError::AlreadyExists(new.clone()));
+            }
+            core.put_folder(&mut txn, &user, new, new_rec)?;
+            let old_prefix = msg_prefix(&user, old);
+            let mut records = Vec::new();
+            scan_prefix(&txn, core.dbs.messages, &old_prefix, |k, v| {
+                records.push((k[old_prefix.len()..].to_vec(), v.to_vec()));
+                Ok(())
+            })?;
+            let new_prefix = msg_prefix(&user, new);
+            for (uid_bytes, value) in records {
+                let mut old_key = old_prefix.clone();
+                old_key.extend_from_slice(&uid_bytes);
+                let mut new_key = new_prefix.clone();
+                new_key.extend_from_slice(&uid_bytes);
+                txn.del(core.dbs.messages, &old_key, None)?;
+                txn.put(core.dbs.messages, &new_key, &value, WriteFlags::empty())?;
+            }
+            if old != INBOX {
+                txn.del(core.dbs.folders, &folder_key(&user, old), None)?;
+            }
+        }
+        txn.commit()?;
+        core.notify_change();
         Ok(true)
     }
 

@@ -368,3 +368,52 @@ async fn deliver_async_group_commit() {
     let s = MailStore::open(tmp.path()).unwrap();
     assert_eq!(s.list("g@example.test", INBOX).unwrap().len(), 50);
 }
+
+#[test]
+fn rename_move_and_change_notifications() {
+    let tmp = TempDir::new("store-rename");
+    let s = MailStore::open(tmp.path()).unwrap();
+    let user = "r@example.test";
+    let mut changes = s.subscribe_changes();
+    let before = *changes.borrow_and_update();
+    let u1 = stored(s.deliver(user, INBOX, None, &msg(1), 0).unwrap());
+    assert!(changes.has_changed().unwrap(), "a delivery must notify");
+    assert_ne!(*changes.borrow_and_update(), before);
+
+    // Rename a folder with a sub-folder: UIDs and UIDVALIDITY are kept.
+    s.create_folder(user, "Projects").unwrap();
+    s.create_folder(user, "Projects/2024").unwrap();
+    let p1 = stored(
+        s.append(user, "Projects", &msg(2), &["\\Seen"], None, 0)
+            .unwrap(),
+    );
+    let info = s.folder_info(user, "Projects").unwrap().unwrap();
+    assert!(s.rename_folder(user, "Projects", "Archive").unwrap());
+    let renamed = s.folder_info(user, "Archive").unwrap().unwrap();
+    assert_eq!(renamed.uidvalidity, info.uidvalidity);
+    assert_eq!(s.list(user, "Archive").unwrap()[0].uid, p1);
+    assert_eq!(s.list(user, "Archive").unwrap()[0].flags, vec!["\\Seen"]);
+    assert!(s.folder_info(user, "Projects").unwrap().is_none());
+    assert!(s.folder_info(user, "Archive/2024").unwrap().is_some());
+    assert!(s.folder_info(user, "Projects/2024").unwrap().is_none());
+    assert!(!s.rename_folder(user, "Nope", "Other").unwrap());
+    assert!(matches!(
+        s.rename_folder(user, "Archive", "Junk"),
+        Err(MailboxError::AlreadyExists(_))
+    ));
+
+    // Renaming INBOX moves its messages and leaves an empty INBOX.
+    assert!(s.rename_folder(user, INBOX, "Old").unwrap());
+    assert!(s.list(user, INBOX).unwrap().is_empty());
+    assert_eq!(s.list(user, "Old").unwrap()[0].uid, u1);
+    let u2 = stored(s.deliver(user, INBOX, None, &msg(3), 0).unwrap());
+    assert!(u2 > u1, "INBOX UIDs are never reused after a rename");
+
+    // Move is atomic copy + delete; quota usage is unchanged by a move.
+    let used = s.usage(user).unwrap();
+    let map = s.move_messages(user, INBOX, &[u2, 999], "Archive").unwrap();
+    assert_eq!(map.len(), 1);
+    assert!(s.list(user, INBOX).unwrap().is_empty());
+    assert_eq!(s.fetch(user, "Archive", map[0].1).unwrap().unwrap(), msg(3));
+    assert_eq!(s.usage(user).unwrap(), used);
+}

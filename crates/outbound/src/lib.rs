@@ -1,1 +1,20 @@
-//! palisade-outbound
+//! palisade-outbound: the delivery engine of the outgoing stage (F), the
+//! only door to the Internet (shared/SPEC.md §2, docs/outgoing.md).
+//!
+//! | module | job |
+//! |---|---|
+//! | [`resolve`] | MX / implicit MX / null MX resolution with hickory-resolver |
+//! | [`tls_policy`] | opportunistic STARTTLS, per-domain require-TLS, MTA-STS discovery |
+//! | [`dkim`] | DKIM signing, key generation, rotation by DNS verification |
+//! | [`bounce`] | classification of replies into the bounce study's root causes |
+//! | [`dsn`] | RFC 3464 delivery status notifications |
+//! | [`deliver`] | the delivery loop on the durable queue |
+
+pub mod bounce;
+pub mod deliver;
+pub mod dkim;
+pub mod dsn;
+pub mod resolve;
+pub mod tls_policy;
+
+pub use deliver::Deliverer;

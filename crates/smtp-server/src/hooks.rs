@@ -56,6 +56,17 @@ pub trait Hooks: Send + Sync + 'static {
     ) -> impl Future<Output = Result<(), Reply>> + Send {
         async { Ok(()) }
     }
+    /// SMTP AUTH (submission profile, under TLS only): check the
+    /// credentials. `Ok(identity)` authenticates the session as that
+    /// identity (235); `Err` is sent as is (535 5.7.8, or 421 to throttle).
+    fn on_auth(
+        &self,
+        _s: &SessionInfo,
+        _user: &str,
+        _password: &str,
+    ) -> impl Future<Output = Result<String, Reply>> + Send {
+        async { Err(Reply::enhanced(535, (5, 7, 8), "Authentication credentials invalid")) }
+    }
     /// A valid MAIL in sequence, after the SIZE and XORIGIN checks.
     fn on_mail(
         &self,

@@ -46,6 +46,8 @@ pub struct Forwarder {
     rotation: AtomicUsize,
     slots: Arc<Semaphore>,
     max_idle_per_node: usize,
+    /// MSA privacy: no client IP in our Received header.
+    hide_client_ip: bool,
 }
 
 /// Why a whole attempt on one node failed, so the next node is tried.
@@ -75,7 +77,6 @@ impl Forwarder {
         };
         let concurrency = settings.queue.concurrency.max(1);
         Arc::new(Forwarder {
-            ctx,
             queue,
             client,
             idle: Mutex::default(),
@@ -83,6 +84,9 @@ impl Forwarder {
             rotation: AtomicUsize::new(0),
             slots: Arc::new(Semaphore::new(concurrency)),
             max_idle_per_node: concurrency,
+            hide_client_ip: ctx.stage == palisade_config::StageKind::Msa
+                && settings.submission.hide_client_ip,
+            ctx,
         })
     }
 
@@ -206,9 +210,10 @@ impl Forwarder {
     /// The message as the next hop sees it: our Received line on top.
     fn with_trace_header(&self, envelope: &Envelope, body: &[u8]) -> Vec<u8> {
         let id = envelope.id.to_string();
+        let hide_ip = self.hide_client_ip;
         let header = received_header(&Hop {
             helo: &envelope.client.helo,
-            peer: &envelope.client.peer,
+            peer: if hide_ip { "" } else { &envelope.client.peer },
             hostname: &self.ctx.config.gateway.hostname,
             node: &self.ctx.node_name,
             tls: envelope.client.tls.is_some(),

@@ -11,13 +11,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use palisade_config::StageKind;
-use palisade_mailbox::Directory;
 use palisade_queue::{ClientInfo, NewMessage, NewRecipient, Queue, QueueError};
 use palisade_smtp_proto::{MailParams, RcptParams, Reply};
 use palisade_smtp_server::{Envelope, Hooks, SessionInfo};
 use tracing::{info, warn};
 
+use palisade_policy::{ActionSink, Client, Policy, PolicyOptions};
+
 use crate::filter::{FilterContext, MessageFilter, Verdict};
+use crate::replica::Replica;
 use crate::runtime::NodeContext;
 
 /// Above this many queued messages, intake slows down (Postfix's
@@ -30,10 +32,64 @@ pub struct RelayIntake {
     pub queue: Queue,
     /// Empty for edge stages (anyone may connect).
     pub allowed_clients: Vec<IpAddr>,
-    /// User directory for recipient checks at the MX and MSA.
-    pub directory: Option<Directory>,
+    /// This node's replica of the user directory, for recipient checks at
+    /// the MX and MSA (DM19).
+    pub directory: Option<Arc<Replica>>,
     /// Content inspection before queueing (antivirus, antispam stages).
     pub filter: Option<Arc<dyn MessageFilter>>,
+    /// The Table I defense mechanisms of an edge stage (MX, MSA), as its
+    /// `[stage.<name>.mechanisms]` enables them.
+    pub policy: Option<Arc<Policy>>,
+}
+
+/// Logs one line per defense action and counts
+/// `palisade_defense_actions_total{node,mechanism,action}`.
+struct MetricsSink(crate::metrics::Metrics);
+
+impl ActionSink for MetricsSink {
+    fn action(&self, who: &str, mechanism: &'static str, action: &'static str, detail: &str) {
+        info!("{who}: {mechanism} {action}: {detail}");
+        self.0.inc(
+            "palisade_defense_actions_total",
+            "Actions taken by the Table I defense mechanisms.",
+            &[("mechanism", mechanism), ("action", action)],
+        );
+    }
+}
+
+/// The policy of an edge stage, built from its mechanisms section; `None`
+/// for internal stages (their upstream already applied it).
+pub fn edge_policy(ctx: &Arc<NodeContext>) -> anyhow::Result<Option<Arc<Policy>>> {
+    if !ctx.stage.is_edge() {
+        return Ok(None);
+    }
+    let settings = ctx.settings();
+    let opts = PolicyOptions {
+        stage: ctx.stage,
+        hostname: ctx.config.gateway.hostname.clone(),
+        local_domains: ctx.config.domains.iter().map(|d| d.name.clone()).collect(),
+        dns: ctx.config.gateway.dns,
+        state_dir: ctx.config.node_dir(&ctx.node_name).join("policy"),
+        session_lifetime: settings.limits.session_timeout.duration(),
+    };
+    let sink = Arc::new(MetricsSink(ctx.metrics.clone()));
+    let policy = Policy::new(&settings.mechanisms, &settings, opts, sink)?;
+    info!(
+        "{}: defense mechanisms on: {}",
+        ctx.node_name,
+        policy.enabled().join(", ")
+    );
+    Ok(Some(Arc::new(policy)))
+}
+
+fn policy_client(s: &SessionInfo) -> Client<'_> {
+    Client {
+        session: s.id,
+        peer: s.peer,
+        local: s.local,
+        helo: s.helo.as_deref(),
+        authenticated: s.auth_user.is_some(),
+    }
 }
 
 impl RelayIntake {
@@ -64,10 +120,22 @@ impl Hooks for RelayIntake {
                 ),
             ));
         }
+        if let Some(p) = &self.policy {
+            p.on_connect(&policy_client(s)).await.map_err(|r| r.reply)?;
+        }
         Ok(())
     }
 
-    async fn on_mail(&self, s: &SessionInfo, _from: &str, _p: &MailParams) -> Result<(), Reply> {
+    async fn on_helo(&self, s: &SessionInfo, name: &str) -> Result<(), Reply> {
+        if let Some(p) = &self.policy {
+            p.on_helo(&policy_client(s), name)
+                .await
+                .map_err(|r| r.reply)?;
+        }
+        Ok(())
+    }
+
+    async fn on_mail(&self, s: &SessionInfo, from: &str, _p: &MailParams) -> Result<(), Reply> {
         if self.ctx.stage == StageKind::Msa && s.auth_user.is_none() {
             return Err(self.refuse(
                 s,
@@ -75,18 +143,32 @@ impl Hooks for RelayIntake {
                 Reply::enhanced(530, (5, 7, 0), "Authentication required"),
             ));
         }
+        if let Some(p) = &self.policy {
+            let local = self.ctx.config.local_domain(from).is_some();
+            p.on_mail(&policy_client(s), from, local)
+                .await
+                .map_err(|r| r.reply)?;
+        }
         Ok(())
     }
 
     async fn on_rcpt(
         &self,
         s: &SessionInfo,
-        _env: &Envelope,
+        env: &Envelope,
         to: &str,
         _p: &RcptParams,
     ) -> Result<(), Reply> {
         if !self.ctx.stage.is_edge() {
             return Ok(());
+        }
+        // DM7 relay tricks, DM27 spamtraps, DM36 tarpit: before any lookup.
+        if let Some(p) = &self.policy {
+            let config = &self.ctx.config;
+            let is_local = |d: &str| config.local_domain(&format!("x@{d}")).is_some();
+            p.on_rcpt(&policy_client(s), to, is_local)
+                .await
+                .map_err(|r| r.reply)?;
         }
         let local = self.ctx.config.local_domain(to).is_some();
         // DM7: only local domains from unauthenticated clients.
@@ -104,8 +186,26 @@ impl Hooks for RelayIntake {
                 None => Ok(None),
             };
             match known {
+                // DM35 seen from the MX: the store said this mailbox is
+                // full, so the sender keeps the message for now.
+                Ok(Some(user)) if user.over_quota => {
+                    return Err(self.refuse(
+                        s,
+                        "RCPT",
+                        Reply::enhanced(
+                            452,
+                            (4, 2, 2),
+                            format!("<{to}>: Mailbox full, try again later"),
+                        ),
+                    ))
+                }
                 Ok(Some(_)) => {}
                 Ok(None) => {
+                    // DM36: a harvester is cut off instead of answered.
+                    if let Some(p) = &self.policy {
+                        p.on_unknown_recipient(&policy_client(s))
+                            .map_err(|r| r.reply)?;
+                    }
                     return Err(self.refuse(
                         s,
                         "RCPT",
@@ -114,7 +214,7 @@ impl Hooks for RelayIntake {
                             (5, 1, 1),
                             format!("<{to}>: Recipient address rejected: User unknown"),
                         ),
-                    ))
+                    ));
                 }
                 Err(e) => {
                     warn!("directory lookup for {to} failed: {e}");
@@ -125,6 +225,13 @@ impl Hooks for RelayIntake {
                     ));
                 }
             }
+        }
+        // DM22 greylisting and DM23 recipient rules, for recipients we
+        // would otherwise accept.
+        if let Some(p) = &self.policy {
+            p.on_known_recipient(&policy_client(s), &env.mail_from, to)
+                .await
+                .map_err(|r| r.reply)?;
         }
         Ok(())
     }
@@ -143,6 +250,25 @@ impl Hooks for RelayIntake {
             auth_user: s.auth_user.clone(),
         };
         let mut message = message;
+        // DM33, DM23 header rules, DM30/31 with Authentication-Results.
+        let mut policy_actions = Vec::new();
+        if let Some(p) = &self.policy {
+            match p
+                .on_message(&policy_client(s), &env.mail_from, &message)
+                .await
+            {
+                Ok(plan) => {
+                    if !plan.prepend.is_empty() {
+                        let mut m = Vec::with_capacity(plan.prepend.len() + message.len());
+                        m.extend_from_slice(plan.prepend.as_bytes());
+                        m.extend_from_slice(&message);
+                        message = m;
+                    }
+                    policy_actions = plan.actions;
+                }
+                Err(r) => return r.reply,
+            }
+        }
         if let Some(filter) = &self.filter {
             let fctx = FilterContext {
                 node: &self.ctx.node_name,
@@ -215,6 +341,10 @@ impl Hooks for RelayIntake {
                         .map(|o| format!(", origin={o}"))
                         .unwrap_or_default()
                 );
+                let sink = MetricsSink(self.ctx.metrics.clone());
+                for a in &policy_actions {
+                    sink.action(&q.id.to_string(), a.mechanism, a.action, &a.detail);
+                }
                 self.ctx.metrics.inc(
                     "palisade_messages_accepted_total",
                     "Messages accepted into this node's queue.",

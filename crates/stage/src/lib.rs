@@ -8,11 +8,14 @@
 
 pub mod filter;
 pub mod forward;
+pub mod http;
 pub mod intake;
 pub mod metrics;
 pub mod received;
+pub mod replica;
 pub mod runtime;
+pub mod submission;
 pub mod tls;
 
 pub use palisade_config::StageKind;
-pub use runtime::{run_relay_stage, NodeContext, StageArgs};
+pub use runtime::{run_relay_stage, run_stage_with_deliverer, NodeContext, StageArgs};

@@ -6,11 +6,8 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpListener;
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Kind {
@@ -91,35 +88,6 @@ impl Metrics {
             }
         }
         out
-    }
-
-    /// Serves `GET /metrics` (any path, in fact) until the process ends.
-    pub async fn serve(self, addr: SocketAddr) -> std::io::Result<()> {
-        let listener = TcpListener::bind(addr).await?;
-        loop {
-            let (mut sock, _) = listener.accept().await?;
-            let me = self.clone();
-            tokio::spawn(async move {
-                let mut buf = vec![0u8; 2048];
-                let mut n = 0;
-                while n < buf.len() {
-                    match sock.read(&mut buf[n..]).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(k) => n += k,
-                    }
-                    if buf[..n].windows(4).any(|w| w == b"\r\n\r\n") {
-                        break;
-                    }
-                }
-                let body = me.render();
-                let head = format!(
-                    "HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-                    body.len()
-                );
-                let _ = sock.write_all(head.as_bytes()).await;
-                let _ = sock.write_all(body.as_bytes()).await;
-            });
-        }
     }
 }
 

@@ -10,7 +10,8 @@ use time::OffsetDateTime;
 pub struct Hop<'a> {
     /// Name the client gave in HELO/EHLO.
     pub helo: &'a str,
-    /// Client address as `ip:port`.
+    /// Client address as `ip:port`; empty to leave it out (the MSA's
+    /// privacy setting for users submitting from home).
     pub peer: &'a str,
     /// This host's name and the node that received the message.
     pub hostname: &'a str,
@@ -49,8 +50,13 @@ pub fn received_header(hop: &Hop<'_>) -> String {
     } else {
         hop.helo
     };
+    let from = if ip.is_empty() {
+        helo.to_string()
+    } else {
+        format!("{helo} ([{ip}])")
+    };
     let mut h = format!(
-        "Received: from {helo} ([{ip}])\r\n\tby {} (Palisade {}) with {} id {}",
+        "Received: from {from}\r\n\tby {} (Palisade {}) with {} id {}",
         hop.hostname,
         hop.node,
         protocol(hop.tls, hop.authenticated),

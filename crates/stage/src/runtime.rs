@@ -14,6 +14,9 @@ use tracing::{error, info};
 
 use crate::filter::MessageFilter;
 use crate::forward::Forwarder;
+use crate::http::{Response, Router};
+use crate::replica::Replica;
+use crate::submission::SubmissionIntake;
 use crate::intake::RelayIntake;
 use crate::metrics::Metrics;
 
@@ -116,15 +119,20 @@ impl NodeContext {
         Queue::open(&dir, opts).with_context(|| format!("opening queue {}", dir.display()))
     }
 
-    /// Serves this node's metrics, if it has a metrics address.
-    pub fn spawn_metrics(&self) {
+    /// The node's HTTP routes every stage has: `/metrics`.
+    pub fn http_router(&self) -> Router {
+        let m = self.metrics.clone();
+        Router::default().route("/metrics", move |_| Response {
+            status: 200,
+            content_type: "text/plain; version=0.0.4",
+            body: m.render().into_bytes(),
+        })
+    }
+
+    /// Serves `router` on the node's `metrics` address, if it has one.
+    pub fn spawn_http(&self, router: Router) {
         if let Some(addr) = self.node.metrics {
-            let m = self.metrics.clone();
-            tokio::spawn(async move {
-                if let Err(e) = m.serve(addr).await {
-                    error!("metrics listener {addr}: {e}");
-                }
-            });
+            crate::http::spawn(addr, router);
         }
     }
 }
@@ -183,20 +191,37 @@ async fn relay_main(ctx: Arc<NodeContext>, filter: Option<Arc<dyn MessageFilter>
         ctx.stage.letter(),
         queue.len()
     );
+    let mut router = ctx.http_router();
     let directory = if ctx.stage.is_edge() {
-        Some(
-            palisade_mailbox::Directory::open(&ctx.config.directory_dir())
-                .context("opening the user directory")?,
-        )
+        let replica = Replica::open(&ctx)?;
+        // A first copy before taking mail; the stores may be starting at
+        // the same time, so give them a few seconds unless this replica
+        // already holds a copy from an earlier run.
+        for _ in 0..25 {
+            replica.pull_all().await;
+            if replica.is_warm() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        tokio::spawn(replica.clone().run());
+        let r = replica.clone();
+        router = router.route("/directory/changed", move |_| {
+            r.notify_changed();
+            Response::text(200, "ok\n")
+        });
+        Some(replica)
     } else {
         None
     };
+    let replica = directory.clone();
     let intake = Arc::new(RelayIntake {
         ctx: ctx.clone(),
         queue: queue.clone(),
         allowed_clients: ctx.config.allowed_clients(ctx.stage),
         directory,
         filter,
+        policy: crate::intake::edge_policy(&ctx)?,
     });
     let tls = if ctx.stage.is_edge() {
         Some(crate::tls::server_config(&ctx.config)?)
@@ -231,8 +256,17 @@ async fn relay_main(ctx: Arc<NodeContext>, filter: Option<Arc<dyn MessageFilter>
         bail!("{} has nothing to listen on", ctx.node_name);
     }
 
-    ctx.spawn_metrics();
-    tokio::spawn(Forwarder::new(ctx.clone(), queue.clone()).run());
+    let router = queue_admin_routes(router, &queue);
+    ctx.spawn_http(router);
+    let deliverer = DELIVERER.lock().unwrap().take();
+    match deliverer {
+        Some(make) => {
+            tokio::spawn(make(ctx.clone(), queue.clone())?);
+        }
+        None => {
+            tokio::spawn(Forwarder::new(ctx.clone(), queue.clone()).run());
+        }
+    }
     {
         let (ctx, queue) = (ctx.clone(), queue.clone());
         tokio::spawn(async move {
@@ -247,18 +281,32 @@ async fn relay_main(ctx: Arc<NodeContext>, filter: Option<Arc<dyn MessageFilter>
             }
         });
     }
-    for (listener, cfg, addr) in listeners {
-        info!("{} listening on {addr}", ctx.node_name);
-        let intake = intake.clone();
-        tokio::spawn(async move {
-            if let Err(e) = palisade_smtp_server::serve(listener, cfg, intake).await {
-                error!("listener {addr}: {e}");
-            }
-        });
+    match (ctx.stage, replica) {
+        (StageKind::Msa, Some(replica)) => {
+            let submission = SubmissionIntake::new(intake, replica, ctx.settings().submission);
+            spawn_listeners(&ctx.node_name, listeners, Arc::new(submission));
+        }
+        _ => spawn_listeners(&ctx.node_name, listeners, intake),
     }
     shutdown_signal().await;
     info!("{} stopping", ctx.node_name);
     Ok(())
+}
+
+fn spawn_listeners<H: palisade_smtp_server::Hooks>(
+    node: &str,
+    listeners: Vec<(TcpListener, Arc<ServerConfig>, std::net::SocketAddr)>,
+    hooks: Arc<H>,
+) {
+    for (listener, cfg, addr) in listeners {
+        info!("{node} listening on {addr}");
+        let hooks = hooks.clone();
+        tokio::spawn(async move {
+            if let Err(e) = palisade_smtp_server::serve(listener, cfg, hooks).await {
+                error!("listener {addr}: {e}");
+            }
+        });
+    }
 }
 
 /// Resolves on SIGINT or SIGTERM. Nothing needs flushing: every accepted
@@ -270,4 +318,70 @@ pub async fn shutdown_signal() {
         _ = tokio::signal::ctrl_c() => {}
         _ = term.recv() => {}
     }
+}
+
+/// A delivery engine that replaces the [`Forwarder`] (the outgoing
+/// stage's MX delivery, crates/outbound): given the node and its open
+/// queue, it returns the loop to run.
+pub type MakeDeliverer = Box<
+    dyn FnOnce(
+            Arc<NodeContext>,
+            Queue,
+        ) -> Result<std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>>
+        + Send,
+>;
+
+static DELIVERER: std::sync::Mutex<Option<MakeDeliverer>> = std::sync::Mutex::new(None);
+
+/// Like [`run_relay_stage`] (same intake, listeners, metrics and queue
+/// admin), with `make` delivering the queue instead of the Forwarder.
+pub fn run_stage_with_deliverer(stage: StageKind, make: MakeDeliverer) -> Result<()> {
+    *DELIVERER.lock().unwrap() = Some(make);
+    run_relay_stage(stage)
+}
+
+/// Queue administration on the node's HTTP endpoint, for `palisade queue`
+/// (the running node owns the queue's writer, so mutations go through it):
+/// `POST /queue/flush`, `POST /queue/{delete,hold,release}?id=ID`.
+pub fn queue_admin_routes(router: Router, queue: &Queue) -> Router {
+    let q = queue.clone();
+    let router = router.route("/queue/flush", move |req| {
+        if req.method != "POST" {
+            return Response::text(405, "use POST\n");
+        }
+        q.flush();
+        Response::text(200, "flushed\n")
+    });
+    let op = |name: &'static str| {
+        let q = queue.clone();
+        move |req: &crate::http::Request| {
+            if req.method != "POST" {
+                return Response::text(405, "use POST\n");
+            }
+            let Some(id) = req.query.get("id").and_then(|i| i.parse::<palisade_queue::QueueId>().ok()) else {
+                return Response::text(400, "missing or bad id\n");
+            };
+            // The handler is synchronous; the queue's writer is another
+            // thread, so waiting for its answer here is short.
+            let q = q.clone();
+            let done = tokio::task::block_in_place(|| {
+                tokio::runtime::Handle::current().block_on(async move {
+                    match name {
+                        "delete" => q.delete(id).await,
+                        "hold" => q.hold(id).await,
+                        _ => q.release(id).await,
+                    }
+                })
+            });
+            match done {
+                Ok(true) => Response::text(200, format!("{id}: {name} done\n")),
+                Ok(false) => Response::text(404, format!("{id}: no such message\n")),
+                Err(e) => Response::text(500, format!("{id}: {e}\n")),
+            }
+        }
+    };
+    router
+        .route("/queue/delete", op("delete"))
+        .route("/queue/hold", op("hold"))
+        .route("/queue/release", op("release"))
 }

@@ -1,5 +1,14 @@
-//! palisade-antivirus: stage C, antivirus (shared/SPEC.md §2).
+//! palisade-antivirus: stage C, antivirus (shared/SPEC.md §2, Table I DM28).
+//!
+//! Every message, from outside (flow 1) or from users (flow 4), is scanned
+//! by clamd before it is queued; infected ones go to the quarantine and
+//! are never bounced to an unauthenticated sender (SPEC §4).
+
+use std::sync::Arc;
 
 fn main() -> anyhow::Result<()> {
-    palisade_stage::run_relay_stage(palisade_stage::StageKind::Antivirus)
+    palisade_stage::runtime::run_filtering_stage(palisade_stage::StageKind::Antivirus, |ctx| {
+        // clamd addresses, MIME limits and the quarantine from the config
+        Ok(Arc::new(palisade_antivirus::AntivirusFilter::new(ctx)?))
+    })
 }

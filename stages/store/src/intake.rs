@@ -2,7 +2,8 @@
 //! delivery into the mailboxes before the 250.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
 use palisade_mailbox::{Delivery, Directory, MailStore};
@@ -17,6 +18,9 @@ pub struct StoreIntake {
     directory: Directory,
     store: MailStore,
     allowed_clients: Vec<std::net::IpAddr>,
+    /// Mailboxes whose last delivery was refused for quota: reported as
+    /// over quota to the MX and MSA replicas until a delivery succeeds.
+    refusing: Arc<Mutex<HashSet<String>>>,
     /// Delivery IDs for Received headers and logs: start time in
     /// microseconds plus a counter, so they do not repeat across restarts.
     next_id: AtomicU64,
@@ -33,7 +37,22 @@ impl StoreIntake {
             ctx,
             directory,
             store,
+            refusing: Arc::default(),
             next_id: AtomicU64::new(start),
+        }
+    }
+
+    /// Whether the store is refusing mail for `address` for quota.
+    pub fn refusing(&self) -> Arc<Mutex<HashSet<String>>> {
+        self.refusing.clone()
+    }
+
+    fn set_refusing(&self, address: &str, refusing: bool) {
+        let mut set = self.refusing.lock().unwrap();
+        if refusing {
+            set.insert(address.to_string());
+        } else {
+            set.remove(address);
         }
     }
 
@@ -50,6 +69,48 @@ impl StoreIntake {
                     "Directory temporarily unavailable",
                 ))
             }
+        }
+    }
+}
+
+/// Share of the quota at which the user is told, once, that the mailbox
+/// is filling up (DM35: the mail bomb is noticed before mail is refused).
+const QUOTA_WARNING: f64 = 0.9;
+
+impl StoreIntake {
+    /// Files a notice into INBOX when this delivery took the mailbox across
+    /// the warning level. Delivered outside the quota, so it always fits.
+    async fn warn_when_nearly_full(&self, user: &palisade_mailbox::User, size: u64) {
+        if user.quota_bytes == 0 {
+            return;
+        }
+        let after = self.store.usage(&user.address).unwrap_or(0);
+        let level = (user.quota_bytes as f64 * QUOTA_WARNING) as u64;
+        if !(after >= level && after.saturating_sub(size) < level) {
+            return;
+        }
+        let domain = user.address.rsplit_once('@').map(|(_, d)| d).unwrap_or("localhost");
+        let notice = format!(
+            "From: Mail system <postmaster@{domain}>\r\nTo: <{addr}>\r\n\
+             Subject: Your mailbox is {pct}% full\r\nDate: {date}\r\n\
+             Message-ID: <quota-{stamp}@{host}>\r\nAuto-Submitted: auto-generated\r\n\r\n\
+             Your mailbox uses {after} of its {quota} bytes.\r\n\
+             When it is full, new mail waits on the mail servers and is not\r\n\
+             delivered until you delete or move messages.\r\n",
+            addr = user.address,
+            pct = after * 100 / user.quota_bytes,
+            date = palisade_stage::received::rfc5322_date(SystemTime::now()),
+            stamp = self.next_id.fetch_add(1, Ordering::Relaxed),
+            host = self.ctx.config.gateway.hostname,
+            quota = user.quota_bytes,
+        );
+        match self
+            .store
+            .deliver_async(&user.address, "INBOX", None, notice.into_bytes(), 0)
+            .await
+        {
+            Ok(_) => info!("to=<{}>: quota warning filed ({after} of {} bytes)", user.address, user.quota_bytes),
+            Err(e) => warn!("to=<{}>: quota warning not filed: {e}", user.address),
         }
     }
 }
@@ -101,6 +162,7 @@ impl Hooks for StoreIntake {
             let used = self.store.usage(&user.address).unwrap_or(0);
             let size = env_size(&env.mail_params);
             if used + size > user.quota_bytes {
+                self.set_refusing(&user.address, true);
                 return Err(over_quota(to));
             }
         }
@@ -138,6 +200,7 @@ impl Hooks for StoreIntake {
             // recipient it makes re-sends after a crash upstream harmless.
             let dedup = origin.as_ref().map(|o| format!("{o}\0{}", user.address));
             let folder = folder_for(&message);
+            let size = copy.len() as u64;
             let result = self
                 .store
                 .deliver_async(
@@ -157,6 +220,8 @@ impl Hooks for StoreIntake {
                         "Messages filed into mailboxes.",
                         &[("result", "stored")],
                     );
+                    self.set_refusing(&user.address, false);
+                    self.warn_when_nearly_full(&user, size).await;
                 }
                 Ok(Delivery::Duplicate) => {
                     info!(
@@ -172,6 +237,7 @@ impl Hooks for StoreIntake {
                     // Recipients filed before this one are recognised by
                     // their dedup key when the upstream stage retries.
                     info!("{id}: to=<{rcpt}>, status=over-quota");
+                    self.set_refusing(&user.address, true);
                     return over_quota(rcpt);
                 }
                 Err(e) if e.is_storage_full() => {

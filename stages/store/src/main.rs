@@ -11,6 +11,7 @@ mod intake;
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
+use palisade_imap::{serve_imap, ImapOptions};
 use palisade_mailbox::{serve_pop3_with_options, Directory, MailStore, Pop3Options};
 use palisade_smtp_server::ListenerProfile;
 use palisade_stage::runtime::{bind, runtime, shutdown_signal};
@@ -29,13 +30,20 @@ async fn store_main(ctx: Arc<NodeContext>) -> Result<()> {
     let store = MailStore::open(&mailboxes_dir)
         .with_context(|| format!("opening mailboxes {}", mailboxes_dir.display()))?;
     let tls = palisade_stage::tls::server_config(&ctx.config)?;
-    ctx.spawn_metrics();
-
     let intake = Arc::new(intake::StoreIntake::new(
         ctx.clone(),
         directory.clone(),
         store.clone(),
     ));
+    {
+        let (node, directory, store) = (ctx.node_name.clone(), directory.clone(), store.clone());
+        let refusing = intake.refusing();
+        let router = ctx.http_router().route("/directory", move |req| {
+            let is_refusing = |a: &str| refusing.lock().unwrap().contains(a);
+            palisade_stage::replica::serve_snapshot(&node, &directory, &store, &is_refusing, req)
+        });
+        ctx.spawn_http(router);
+    }
     let smtp = ctx.node.smtp.context("store node without smtp address")?;
     let listener = bind(smtp, "smtp").await?;
     let cfg = ctx.server_config(ListenerProfile::Internal, None, false);
@@ -56,6 +64,18 @@ async fn store_main(ctx: Arc<NodeContext>) -> Result<()> {
             if let Err(e) = serve_pop3_with_options(listener, tls, directory, store, options).await
             {
                 error!("pop3s {addr}: {e}");
+            }
+        });
+    }
+    if let Some(addr) = ctx.node.imaps {
+        let listener = bind(addr, "imaps").await?;
+        info!("{} listening on {addr} (IMAPS)", ctx.node_name);
+        let (tls, directory, store) = (tls.clone(), directory.clone(), store.clone());
+        let mut options = ImapOptions::new(ctx.config.gateway.hostname.clone(), true);
+        options.store_node = Some(ctx.node_name.clone());
+        tokio::spawn(async move {
+            if let Err(e) = serve_imap(listener, tls, options, directory, store).await {
+                error!("imaps {addr}: {e}");
             }
         });
     }

@@ -37,6 +37,10 @@ where
         if c.tls.is_some() && self.info.tls.is_none() {
             text.push_str("\nSTARTTLS");
         }
+        if self.auth_offered() {
+            text.push_str("\nAUTH ");
+            text.push_str(super::auth::MECHANISMS);
+        }
         if c.accept_origin_param {
             text.push_str("\nXORIGIN");
         }

@@ -1,6 +1,7 @@
 //! One SMTP session: the buffered I/O, the dispatcher and the replies.
 //! Command handlers live in the sibling files, one topic each.
 
+mod auth;
 mod data;
 mod helo;
 mod mail;
@@ -226,7 +227,7 @@ where
             Command::Helo(name) => self.proceed_helo(name, false).await,
             Command::Ehlo(name) => self.proceed_helo(name, true).await,
             Command::StartTls => self.proceed_starttls().await,
-            Command::Auth { .. } => self.proceed_auth(),
+            Command::Auth { mechanism, initial } => self.proceed_auth(mechanism, initial).await,
             // TRANSACTION
             Command::Mail { from, params } => self.proceed_mail(from, params).await,
             Command::Rcpt { to, params } => self.proceed_rcpt(to, params).await,
@@ -413,22 +414,5 @@ where
             let idle = self.config.timeouts.data_chunk;
             self.fill(idle).await?;
         }
-    }
-
-    /// AUTH hook point. SASL comes with a later issue; until then the MSA
-    /// profile answers as RFC 4954 / SPEC §5 require before TLS.
-    fn proceed_auth(&mut self) -> Result<(), Stop> {
-        use crate::config::ListenerProfile;
-        let tls_offered = self.config.tls.is_some() && self.info.tls.is_none();
-        let reply = match self.config.profile {
-            ListenerProfile::Submission if tls_offered => Reply::enhanced(
-                538,
-                (5, 7, 11),
-                "Encryption required for requested authentication mechanism",
-            ),
-            // TODO(smtp-auth): SASL PLAIN/LOGIN against the directory.
-            _ => Reply::not_implemented("AUTH not available"),
-        };
-        self.reply(&reply)
     }
 }

@@ -1,0 +1,221 @@
+//! Settings of the content stages: antivirus (C, `[stage.antivirus.virus]`)
+//! and antispam (D, `[stage.antispam.spam]`).
+//!
+//! Both sections may appear under any stage's table but only the antivirus
+//! and antispam nodes read them. Their defaults describe the local
+//! architecture: clamd started by `palisade up`, the Bayes database and
+//! the quarantine under `data_dir`.
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+use crate::{Config, Seconds, StageKind};
+
+/// `[stage.antivirus.virus]`: scanning with clamd.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct VirusSettings {
+    /// clamd daemons, tried in order until one answers (failover):
+    /// `host:port` for TCP or `unix:/path/clamd.sock`. Empty: `palisade up`
+    /// starts a local clamd and the stage uses it (`data_dir/clamd`).
+    pub clamd: Vec<String>,
+    /// Time allowed for one scan, connection included.
+    pub scan_timeout: Seconds,
+    /// When no clamd answers: "tempfail" (the upstream queue keeps the
+    /// message and retries; the default) or "accept-tagged" (pass it on
+    /// unscanned with `X-Virus-Status: Unscanned`; only where an outage
+    /// of the scanner must not delay mail).
+    pub on_scanner_unavailable: ScannerUnavailable,
+    /// MIME-bomb limits checked before scanning: a message over any of
+    /// them is quarantined without costing clamd anything.
+    pub max_mime_depth: usize,
+    pub max_mime_parts: usize,
+    /// Bytes of all decoded parts together.
+    pub max_decoded_size: u64,
+    /// Send local recipients of a quarantined message a short notice.
+    pub notify_recipients: bool,
+}
+
+impl Default for VirusSettings {
+    fn default() -> Self {
+        VirusSettings {
+            clamd: Vec::new(),
+            scan_timeout: Seconds(30.0),
+            on_scanner_unavailable: ScannerUnavailable::Tempfail,
+            max_mime_depth: 20,
+            max_mime_parts: 500,
+            max_decoded_size: 100 * 1024 * 1024,
+            notify_recipients: false,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ScannerUnavailable {
+    Tempfail,
+    AcceptTagged,
+}
+
+/// `[stage.antispam.spam]`: scoring and per-flow actions.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SpamSettings {
+    /// DM24 token database (LMDB), written by `palisade spam train`.
+    /// Default: `data_dir/antispam/bayes`.
+    pub bayes_db: Option<PathBuf>,
+    /// Points of a certain-ham (p = 0) and certain-spam (p = 1) Bayes
+    /// verdict, linear in between. The defaults put p = 0.5, the boundary
+    /// cross-validation found, at the tag threshold.
+    pub bayes_ham_points: f64,
+    pub bayes_spam_points: f64,
+    /// Flow 1 (mail to local users): at or above, the message is tagged
+    /// `X-Spam-Flag: YES` and the store files it into Junk.
+    pub tag_threshold: f64,
+    /// Flow 1: at or above, the message is quarantined instead.
+    pub quarantine_threshold: f64,
+    /// Flow 4 (an authenticated local user sending): at or above, the
+    /// message is held in the quarantine and counted; never sent on.
+    pub outbound_hold_threshold: f64,
+    /// Use the built-in DM23 rules in addition to `rule`.
+    pub builtin_rules: bool,
+    /// DM23 rules of this site.
+    pub rule: Vec<SpamRule>,
+}
+
+impl Default for SpamSettings {
+    fn default() -> Self {
+        SpamSettings {
+            bayes_db: None,
+            bayes_ham_points: -5.0,
+            bayes_spam_points: 15.0,
+            tag_threshold: 5.0,
+            quarantine_threshold: 20.0,
+            outbound_hold_threshold: 5.0,
+            builtin_rules: true,
+            rule: Vec::new(),
+        }
+    }
+}
+
+/// `[[stage.antispam.spam.rule]]`: a regular expression and its points.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct SpamRule {
+    pub name: String,
+    /// `body`, `headers` or `header:NAME`.
+    pub target: String,
+    /// A `regex` crate pattern, matched case-insensitively.
+    pub pattern: String,
+    pub score: f64,
+}
+
+impl Config {
+    /// The antivirus stage's settings.
+    pub fn virus(&self) -> VirusSettings {
+        self.settings(StageKind::Antivirus).virus
+    }
+
+    /// The antispam stage's settings.
+    pub fn spam(&self) -> SpamSettings {
+        self.settings(StageKind::Antispam).spam
+    }
+
+    /// Where the Bayes token database lives.
+    pub fn bayes_db_dir(&self) -> PathBuf {
+        self.spam()
+            .bayes_db
+            .unwrap_or_else(|| self.gateway.data_dir.join("antispam").join("bayes"))
+    }
+
+    /// The quarantine shared by the content stages of this machine.
+    pub fn quarantine_dir(&self) -> PathBuf {
+        self.gateway.data_dir.join("quarantine")
+    }
+
+    /// Where `palisade up` keeps the clamd it starts.
+    pub fn local_clamd_dir(&self) -> PathBuf {
+        self.gateway.data_dir.join("clamd")
+    }
+
+    /// The clamd daemons the antivirus nodes use: the configured ones, or
+    /// the local one `palisade up` starts.
+    pub fn clamd_addresses(&self) -> Vec<String> {
+        let v = self.virus();
+        if v.clamd.is_empty() {
+            vec![format!(
+                "unix:{}",
+                self.local_clamd_dir().join("clamd.sock").display()
+            )]
+        } else {
+            v.clamd
+        }
+    }
+}
+
+type Problem = (Vec<String>, String);
+
+fn key(parts: &[&str]) -> Vec<String> {
+    parts.iter().map(|p| p.to_string()).collect()
+}
+
+pub(crate) fn validate(config: &Config, problems: &mut Vec<Problem>) {
+    let v = config.virus();
+    for (i, a) in v.clamd.iter().enumerate() {
+        let ok = match a.strip_prefix("unix:") {
+            Some(path) => !path.is_empty(),
+            None => a.parse::<std::net::SocketAddr>().is_ok(),
+        };
+        if !ok {
+            problems.push((
+                key(&["stage", "antivirus", "virus", "clamd"]),
+                format!("entry {}: `{a}` is neither host:port nor unix:/path", i + 1),
+            ));
+        }
+    }
+    for (name, value) in [
+        ("max_mime_depth", v.max_mime_depth as u64),
+        ("max_mime_parts", v.max_mime_parts as u64),
+        ("max_decoded_size", v.max_decoded_size),
+    ] {
+        if value == 0 {
+            problems.push((
+                key(&["stage", "antivirus", "virus", name]),
+                "must be at least 1".into(),
+            ));
+        }
+    }
+    let s = config.spam();
+    if s.quarantine_threshold < s.tag_threshold {
+        problems.push((
+            key(&["stage", "antispam", "spam", "quarantine_threshold"]),
+            format!(
+                "{} is below tag_threshold {}: nothing would ever be only tagged",
+                s.quarantine_threshold, s.tag_threshold
+            ),
+        ));
+    }
+    if s.bayes_spam_points < s.bayes_ham_points {
+        problems.push((
+            key(&["stage", "antispam", "spam", "bayes_spam_points"]),
+            "must not be below bayes_ham_points".into(),
+        ));
+    }
+    for r in &s.rule {
+        let target_ok = r.target == "body"
+            || r.target == "headers"
+            || r.target
+                .strip_prefix("header:")
+                .is_some_and(|h| !h.is_empty());
+        if !target_ok {
+            problems.push((
+                key(&["stage", "antispam", "spam", "rule"]),
+                format!(
+                    "rule {}: target `{}` is not body, headers or header:NAME",
+                    r.name, r.target
+                ),
+            ));
+        }
+    }
+}

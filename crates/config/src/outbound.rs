@@ -1,0 +1,180 @@
+//! Settings of the outgoing stage (F): how mail leaves for the Internet.
+//!
+//! ```toml
+//! [stage.outgoing.routes]            # static routes: smarthosts, labs, tests
+//! "partner.example" = ["192.0.2.10:25"]
+//!
+//! [stage.outgoing.outbound]
+//! smtp_port = 25                     # port of remote MX hosts (labs/tests: any)
+//! require_tls = ["bank.example"]     # never deliver these in plaintext
+//! dsn_delay_after = "4h"             # "delayed" notice to the sender
+//!
+//! [[stage.outgoing.outbound.dkim]]
+//! domain = "example.test"
+//! selector = "s2026"
+//! key = "/etc/palisade/dkim/example.test.s2026.pem"
+//! ```
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+use crate::{Config, Seconds, StageKind};
+
+/// Static routes: recipient domain (lower case, or `*` for every domain
+/// without its own route) -> the hosts to deliver to, in order.
+pub type RouteTable = BTreeMap<String, Vec<SocketAddr>>;
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OutboundSettings {
+    /// TCP port of remote MX hosts. 25 on the Internet; a test or lab
+    /// setting otherwise (loopback test zones point many MX names at
+    /// 127.x.y.z addresses that cannot all own port 25).
+    pub smtp_port: u16,
+    /// Domains that must never receive mail in plaintext: STARTTLS is
+    /// required, and a host that does not offer it is skipped (the
+    /// message stays queued).
+    pub require_tls: Vec<String>,
+    /// Honour MTA-STS (RFC 8461): a domain that publishes a
+    /// `_mta-sts.<domain>` TXT record (`v=STSv1`) gets STARTTLS required.
+    pub mta_sts: bool,
+    /// DKIM keys of the local domains. Several keys for one domain are a
+    /// rotation: the last one whose public key is published in DNS signs.
+    pub dkim: Vec<DkimKey>,
+    /// Send the authenticated sender a "delayed" DSN once a recipient has
+    /// been deferred for this long (0 = never).
+    pub dsn_delay_after: Seconds,
+    /// Simultaneous deliveries to one destination domain.
+    pub per_domain_concurrency: usize,
+    /// New transactions per second to one destination domain (0 = no limit).
+    pub per_domain_rate: f64,
+    /// TCP connect and greeting timeout towards remote hosts.
+    pub connect_timeout: Seconds,
+    /// Timeout of each command reply (RFC 5321 §4.5.3.2 suggests 5 min).
+    pub command_timeout: Seconds,
+}
+
+impl Default for OutboundSettings {
+    fn default() -> Self {
+        OutboundSettings {
+            smtp_port: 25,
+            require_tls: Vec::new(),
+            mta_sts: true,
+            dkim: Vec::new(),
+            dsn_delay_after: Seconds(4.0 * 3600.0),
+            per_domain_concurrency: 10,
+            per_domain_rate: 0.0,
+            connect_timeout: Seconds(30.0),
+            command_timeout: Seconds(300.0),
+        }
+    }
+}
+
+/// One DKIM signing key.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct DkimKey {
+    /// The signing domain (d=); signs mail whose From: is in this domain.
+    pub domain: String,
+    /// The selector (s=): the key's TXT record is `<selector>._domainkey.<domain>`.
+    pub selector: String,
+    /// PEM private key: RSA (PKCS#1 or PKCS#8) or Ed25519 (PKCS#8), as
+    /// written by `palisade dkim keygen`.
+    pub key: PathBuf,
+}
+
+impl OutboundSettings {
+    /// True when the configuration demands TLS for `domain`.
+    pub fn requires_tls(&self, domain: &str) -> bool {
+        self.require_tls
+            .iter()
+            .any(|d| d.trim_end_matches('.').eq_ignore_ascii_case(domain))
+    }
+}
+
+/// The static route for `domain`, if any: its own entry, else `*`.
+pub fn static_route<'a>(routes: &'a RouteTable, domain: &str) -> Option<&'a [SocketAddr]> {
+    let domain = domain.trim_end_matches('.').to_ascii_lowercase();
+    routes
+        .iter()
+        .find(|(d, _)| d.trim_end_matches('.').eq_ignore_ascii_case(&domain))
+        .or_else(|| routes.get_key_value("*"))
+        .map(|(_, v)| v.as_slice())
+}
+
+type Problem = (Vec<String>, String);
+
+pub(crate) fn validate(config: &Config, problems: &mut Vec<Problem>) {
+    let key = |parts: &[&str]| parts.iter().map(|p| p.to_string()).collect::<Vec<_>>();
+    for (&stage, st) in &config.stage {
+        let name = stage.name();
+        if stage != StageKind::Outgoing {
+            if !st.routes.is_empty() {
+                problems.push((
+                    key(&["stage", name, "routes"]),
+                    "only the outgoing stage has a route table".into(),
+                ));
+            }
+            continue;
+        }
+        for (domain, hosts) in &st.routes {
+            if hosts.is_empty() {
+                problems.push((
+                    key(&["stage", name, "routes", domain]),
+                    "a route needs at least one host:port".into(),
+                ));
+            }
+            if domain.contains('@') || domain.is_empty() {
+                problems.push((
+                    key(&["stage", name, "routes", domain]),
+                    format!("`{domain}` is not a domain (or `*`)"),
+                ));
+            }
+        }
+        let o = &st.outbound;
+        if o.smtp_port == 0 {
+            problems.push((
+                key(&["stage", name, "outbound", "smtp_port"]),
+                "must be a TCP port (1-65535)".into(),
+            ));
+        }
+        if o.per_domain_concurrency == 0 {
+            problems.push((
+                key(&["stage", name, "outbound", "per_domain_concurrency"]),
+                "must be at least 1".into(),
+            ));
+        }
+        if o.per_domain_rate < 0.0 {
+            problems.push((
+                key(&["stage", name, "outbound", "per_domain_rate"]),
+                "must be 0 (no limit) or positive".into(),
+            ));
+        }
+        for (i, k) in o.dkim.iter().enumerate() {
+            let idx = i.to_string();
+            if config.local_domain(&format!("x@{}", k.domain)).is_none() {
+                problems.push((
+                    key(&["stage", name, "outbound", "dkim", &idx, "domain"]),
+                    format!("`{}` is not one of the [[domain]]s", k.domain),
+                ));
+            }
+            if k.selector.is_empty()
+                || !k
+                    .selector
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.')
+            {
+                problems.push((
+                    key(&["stage", name, "outbound", "dkim", &idx, "selector"]),
+                    format!(
+                        "`{}` is not a selector (letters, digits, -, _, .)",
+                        k.selector
+                    ),
+                ));
+            }
+        }
+    }
+}

@@ -1,0 +1,764 @@
+//! The delivery loop of stage F: every due message is delivered to the
+//! destinations of its pending recipients, all destination domains in
+//! parallel; each recipient's result goes back to the durable queue
+//! (`Queue::record`: per-recipient state, backoff with jitter, expiry),
+//! and the authenticated sender gets a DSN for failures and long delays.
+//!
+//! Where a recipient goes, in order:
+//! 1. a local domain (only DSNs we generate ourselves): back into the
+//!    chain, to the pool the MSA forwards to (the antivirus pair), so the
+//!    notice is scanned and filed like any other message;
+//! 2. the static route of its domain (`[stage.outgoing.routes]`, or `*`);
+//! 3. the stage's `relay` list (a smarthost for everything);
+//! 4. the domain's MX hosts (crate::resolve), port `outbound.smtp_port`.
+//!
+//! Hosts are tried in order until one gives a transaction result; a host
+//! that cannot be reached, fails TLS, or tempfails MAIL (421 or 4xx) is
+//! skipped for the next one (secondary MX). Per-recipient replies then
+//! decide: 2xx delivered, 4xx deferred, 5xx failed — as corrected by the
+//! bounce classifier (a 5xx "greylisted" is retried).
+
+use std::collections::{HashMap, HashSet};
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use palisade_config::{static_route, NextHop, OutboundSettings, StageKind, StageSettings};
+use palisade_queue::{
+    ClientInfo, Envelope, NewMessage, NewRecipient, Outcome, Queue, QueueId, RcptStatus,
+};
+use palisade_smtp_client::{
+    insecure_tls_config, ClientConfig, ClientError, Connection, TlsMode, Transaction, TxResult,
+};
+use palisade_stage::received::{received_header, Hop};
+use palisade_stage::NodeContext;
+use tokio::sync::Semaphore;
+use tracing::{info, warn};
+
+use crate::bounce::{
+    self, classify_client_error, classify_reply, classify_resolve_error, Classified,
+};
+use crate::dkim::{from_domain, DkimSigners, REVERIFY_EVERY};
+use crate::dsn::{self, DsnInput, DsnKind, DsnRecipient};
+use crate::resolve::DnsResolver;
+use crate::tls_policy::{TlsPolicies, TlsPolicy};
+
+/// Idle pooled connections older than this are closed rather than reused.
+const IDLE_REUSE_LIMIT: Duration = Duration::from_secs(20);
+/// Idle connections kept per remote address.
+const MAX_IDLE_PER_HOST: usize = 8;
+
+/// Idle connections by (remote address, TLS required), with when each was parked.
+type IdlePool = HashMap<(SocketAddr, bool), Vec<(Connection, Instant)>>;
+
+/// Where one group of recipients of a message goes.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+enum Route {
+    /// Back into our own chain (DSNs to local senders).
+    Chain(Vec<SocketAddr>),
+    /// Fixed hosts: a static route or the relay list.
+    Fixed {
+        domain: String,
+        hosts: Vec<SocketAddr>,
+    },
+    /// The domain's MX hosts.
+    Mx { domain: String },
+}
+
+impl Route {
+    /// The destination that concurrency and rate limits count against.
+    fn destination(&self) -> &str {
+        match self {
+            Route::Chain(_) => "(chain)",
+            Route::Fixed { domain, .. } | Route::Mx { domain } => domain,
+        }
+    }
+}
+
+/// A host to try, with the name it was found under (for logs and DSNs).
+struct Candidate {
+    name: String,
+    addr: SocketAddr,
+}
+
+pub struct Deliverer {
+    ctx: Arc<NodeContext>,
+    queue: Queue,
+    settings: StageSettings,
+    dns: DnsResolver,
+    tls: TlsPolicies,
+    dkim: DkimSigners,
+    client: ClientConfig,
+    idle: Mutex<IdlePool>,
+    per_destination: Mutex<HashMap<String, Arc<Semaphore>>>,
+    next_start: Mutex<HashMap<String, Instant>>,
+    slots: Arc<Semaphore>,
+    /// Messages whose sender already got a "delayed" notice (persisted:
+    /// one line per id in `delay-notified`, so a restart does not repeat it).
+    delay_notified: Mutex<HashSet<QueueId>>,
+    delay_notified_file: PathBuf,
+}
+
+impl Deliverer {
+    pub fn new(ctx: Arc<NodeContext>, queue: Queue) -> anyhow::Result<Arc<Deliverer>> {
+        let settings = ctx.settings();
+        let o = &settings.outbound;
+        let dns = DnsResolver::new(ctx.config.gateway.dns)?;
+        let dkim = DkimSigners::load(&o.dkim)?;
+        let client = ClientConfig {
+            helo_name: ctx.config.gateway.hostname.clone(),
+            tls_mode: TlsMode::Opportunistic,
+            // Opportunistic TLS cannot authenticate the server (RFC 7435);
+            // see tls_policy.rs for what enforcement does not cover yet.
+            tls: Some(insecure_tls_config()),
+            server_name: None,
+            connect_timeout: o.connect_timeout.duration(),
+            command_timeout: o.command_timeout.duration(),
+            data_timeout: o.command_timeout.duration() * 2,
+        };
+        let delay_notified_file = ctx.config.node_dir(&ctx.node_name).join("delay-notified");
+        let delay_notified = std::fs::read_to_string(&delay_notified_file)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| l.trim().parse().ok())
+            .collect();
+        Ok(Arc::new(Deliverer {
+            slots: Arc::new(Semaphore::new(settings.queue.concurrency.max(1))),
+            ctx,
+            queue,
+            settings,
+            dns,
+            tls: TlsPolicies::default(),
+            dkim,
+            client,
+            idle: Mutex::default(),
+            per_destination: Mutex::default(),
+            next_start: Mutex::default(),
+            delay_notified: Mutex::new(delay_notified),
+            delay_notified_file,
+        }))
+    }
+
+    fn outbound(&self) -> &OutboundSettings {
+        &self.settings.outbound
+    }
+
+    /// Runs forever: every due message gets a delivery attempt.
+    pub async fn run(self: Arc<Self>) {
+        if !self.dkim.is_empty() {
+            let me = self.clone();
+            tokio::spawn(async move {
+                loop {
+                    me.dkim.verify_published(&me.dns).await;
+                    tokio::time::sleep(REVERIFY_EVERY).await;
+                }
+            });
+        }
+        loop {
+            let id = self.queue.next_due().await;
+            let slot = self
+                .slots
+                .clone()
+                .acquire_owned()
+                .await
+                .expect("never closed");
+            let me = self.clone();
+            tokio::spawn(async move {
+                me.attempt(id).await;
+                drop(slot);
+            });
+        }
+    }
+
+    async fn attempt(self: Arc<Self>, id: QueueId) {
+        let envelope = match self.queue.envelope(id) {
+            Ok(Some(e)) => Arc::new(e),
+            Ok(None) => {
+                self.queue.release_active(id);
+                return;
+            }
+            Err(e) => {
+                warn!("{id}: cannot read envelope: {e}");
+                self.queue.release_active(id);
+                return;
+            }
+        };
+        let body = match self.queue.body(id) {
+            Ok(Some(b)) => b,
+            other => {
+                warn!("{id}: cannot read message body: {:?}", other.err());
+                self.queue.release_active(id);
+                return;
+            }
+        };
+        let message = Arc::new(self.prepare_message(&envelope, &body));
+        let origin = Arc::new(
+            envelope
+                .origin
+                .clone()
+                .unwrap_or_else(|| format!("{}/{}", self.ctx.node_name, id)),
+        );
+
+        let mut groups: Vec<(Route, Vec<usize>)> = Vec::new();
+        for (i, r) in envelope.rcpts.iter().enumerate() {
+            if !matches!(r.status, RcptStatus::Pending) {
+                continue;
+            }
+            let route = self.route_of(&r.address);
+            match groups.iter_mut().find(|(g, _)| *g == route) {
+                Some((_, v)) => v.push(i),
+                None => groups.push((route, vec![i])),
+            }
+        }
+
+        // One message to many domains: every destination in parallel.
+        let started = Instant::now();
+        let mut tasks = tokio::task::JoinSet::new();
+        for (route, rcpts) in groups {
+            let me = self.clone();
+            let (envelope, message, origin) = (envelope.clone(), message.clone(), origin.clone());
+            tasks.spawn(async move {
+                me.deliver_group(id, &route, &envelope, &rcpts, &origin, &message)
+                    .await
+            });
+        }
+        let mut results = Vec::new();
+        while let Some(r) = tasks.join_next().await {
+            match r {
+                Ok(v) => results.extend(v),
+                Err(e) => warn!("{id}: delivery task failed: {e}"),
+            }
+        }
+        self.log_results(id, &envelope, &results, started);
+        let any_deferred = results
+            .iter()
+            .any(|(_, o)| matches!(o, Outcome::Deferred(_)));
+        match self.queue.record(id, results).await {
+            Ok(rec) => {
+                if !rec.failed_now.is_empty() {
+                    self.notify(&envelope, &body, DsnKind::Failure, &rec.failed_now)
+                        .await;
+                }
+                if rec.finished {
+                    info!("{id}: removed");
+                    self.forget_delay_notice(id);
+                } else if any_deferred {
+                    self.maybe_notify_delay(id).await;
+                }
+            }
+            Err(e) => warn!("{id}: cannot record delivery results: {e}"),
+        }
+    }
+
+    /// Our Received line, then the DKIM signature when the From: domain is
+    /// one of ours and we hold its key.
+    fn prepare_message(&self, envelope: &Envelope, body: &[u8]) -> Vec<u8> {
+        let qid = envelope.id.to_string();
+        let header = received_header(&Hop {
+            helo: &envelope.client.helo,
+            peer: &envelope.client.peer,
+            hostname: &self.ctx.config.gateway.hostname,
+            node: &self.ctx.node_name,
+            tls: envelope.client.tls.is_some(),
+            authenticated: envelope.client.auth_user.is_some(),
+            queue_id: &qid,
+            single_recipient: match envelope.rcpts.as_slice() {
+                [only] => Some(only.address.as_str()),
+                _ => None,
+            },
+            when: envelope.arrived,
+        });
+        let mut message = Vec::with_capacity(header.len() + body.len() + 512);
+        message.extend_from_slice(header.as_bytes());
+        message.extend_from_slice(body);
+        if let Some(domain) = from_domain(body) {
+            match self.dkim.sign(&domain, &message) {
+                Some(Ok(sig)) => {
+                    let mut signed = sig.into_bytes();
+                    signed.extend_from_slice(&message);
+                    self.ctx.metrics.inc(
+                        "palisade_dkim_signed_total",
+                        "Messages DKIM-signed by this node.",
+                        &[],
+                    );
+                    return signed;
+                }
+                Some(Err(e)) => warn!("{}: {e}; sending unsigned", envelope.id),
+                None => {}
+            }
+        }
+        message
+    }
+
+    fn route_of(&self, rcpt: &str) -> Route {
+        let domain = rcpt
+            .rsplit_once('@')
+            .map(|(_, d)| d.trim_end_matches('.').to_ascii_lowercase())
+            .unwrap_or_default();
+        if self.ctx.config.local_domain(rcpt).is_some() {
+            if let NextHop::Pool { addrs, .. } = self.ctx.config.next_hop(StageKind::Msa, rcpt) {
+                return Route::Chain(addrs);
+            }
+        }
+        if let Some(hosts) = static_route(&self.settings.routes, &domain) {
+            return Route::Fixed {
+                domain,
+                hosts: hosts.to_vec(),
+            };
+        }
+        if !self.settings.relay.is_empty() {
+            return Route::Fixed {
+                domain,
+                hosts: self.settings.relay.clone(),
+            };
+        }
+        Route::Mx { domain }
+    }
+
+    fn destination_slot(&self, dest: &str) -> Arc<Semaphore> {
+        let n = self.outbound().per_domain_concurrency.max(1);
+        self.per_destination
+            .lock()
+            .unwrap()
+            .entry(dest.to_string())
+            .or_insert_with(|| Arc::new(Semaphore::new(n)))
+            .clone()
+    }
+
+    /// Waits for this destination's next start time (per_domain_rate).
+    async fn pace(&self, dest: &str) {
+        let rate = self.outbound().per_domain_rate;
+        if rate <= 0.0 {
+            return;
+        }
+        let interval = Duration::from_secs_f64(1.0 / rate);
+        let start = {
+            let mut next = self.next_start.lock().unwrap();
+            let now = Instant::now();
+            let slot = next.get(dest).copied().filter(|t| *t > now).unwrap_or(now);
+            next.insert(dest.to_string(), slot + interval);
+            slot
+        };
+        tokio::time::sleep_until(start.into()).await;
+    }
+
+    async fn deliver_group(
+        &self,
+        id: QueueId,
+        route: &Route,
+        envelope: &Envelope,
+        rcpts: &[usize],
+        origin: &str,
+        message: &[u8],
+    ) -> Vec<(usize, Outcome)> {
+        let dest = route.destination().to_string();
+        let slot = self.destination_slot(&dest);
+        let _permit = slot.acquire_owned().await.expect("never closed");
+        self.pace(&dest).await;
+
+        let all = |o: Outcome| rcpts.iter().map(|&i| (i, o.clone())).collect::<Vec<_>>();
+        let (candidates, policy) = match route {
+            Route::Chain(addrs) => (
+                addrs
+                    .iter()
+                    .map(|a| Candidate {
+                        name: "chain".into(),
+                        addr: *a,
+                    })
+                    .collect::<Vec<_>>(),
+                TlsPolicy::Opportunistic,
+            ),
+            Route::Fixed { domain, hosts } => (
+                hosts
+                    .iter()
+                    .map(|a| Candidate {
+                        name: domain.clone(),
+                        addr: *a,
+                    })
+                    .collect(),
+                self.tls
+                    .policy_for(domain, self.outbound(), &self.dns)
+                    .await,
+            ),
+            Route::Mx { domain } => match self.dns.mail_exchangers(domain).await {
+                Ok(hosts) => {
+                    let port = self.outbound().smtp_port;
+                    (
+                        hosts
+                            .iter()
+                            .flat_map(|h| {
+                                h.addrs.iter().map(move |ip| Candidate {
+                                    name: h.name.clone(),
+                                    addr: SocketAddr::new(*ip, port),
+                                })
+                            })
+                            .collect(),
+                        self.tls
+                            .policy_for(domain, self.outbound(), &self.dns)
+                            .await,
+                    )
+                }
+                Err(e) => {
+                    let c = classify_resolve_error(&e);
+                    self.count_bounce(&c);
+                    let text = bounce::tag(&c, &e.to_string());
+                    return all(if c.permanent {
+                        Outcome::Failed(text)
+                    } else {
+                        Outcome::Deferred(text)
+                    });
+                }
+            },
+        };
+
+        let rcpt_list: Vec<(&str, &str)> = rcpts
+            .iter()
+            .map(|&i| {
+                let r = &envelope.rcpts[i];
+                (r.address.as_str(), r.params.as_str())
+            })
+            .collect();
+        let tx = Transaction {
+            mail_from: &envelope.mail_from,
+            mail_params: &envelope.mail_params,
+            origin: Some(origin),
+            rcpts: &rcpt_list,
+            body: message,
+        };
+        let required = matches!(policy, TlsPolicy::Required(_));
+        let mut last: Option<(Classified, String)> = None;
+        for c in &candidates {
+            match self.try_host(c.addr, required, &tx).await {
+                Ok(result) => {
+                    if let Some(reply) = whole_tempfail(&result) {
+                        let cl = classify_reply(reply);
+                        warn!(
+                            "{id}: {}[{}] tempfailed ({reply}); trying the next host",
+                            c.name, c.addr
+                        );
+                        last = Some((cl, format!("host {}[{}] said: {reply}", c.name, c.addr)));
+                        continue;
+                    }
+                    return rcpts
+                        .iter()
+                        .enumerate()
+                        .map(|(k, &i)| (i, self.outcome_of(c, result.rcpt_outcome(k))))
+                        .collect();
+                }
+                Err(e) => {
+                    let cl = classify_client_error(&e);
+                    let why = match (&e, &policy) {
+                        (ClientError::TlsRequired, TlsPolicy::Required(rule)) => {
+                            format!(
+                                "host {}[{}] does not offer STARTTLS, required by {rule}",
+                                c.name, c.addr
+                            )
+                        }
+                        _ => format!("host {}[{}]: {e}", c.name, c.addr),
+                    };
+                    warn!("{id}: {why}; trying the next host");
+                    last = Some((cl, why));
+                }
+            }
+        }
+        let (cl, why) = last.unwrap_or_else(|| {
+            (
+                classify_resolve_error(&crate::resolve::ResolveError::Temporary {
+                    name: dest.clone(),
+                    why: "no host".into(),
+                }),
+                format!("no host to deliver to for {dest}"),
+            )
+        });
+        self.count_bounce(&cl);
+        all(Outcome::Deferred(bounce::tag(&cl, &why)))
+    }
+
+    fn outcome_of(&self, c: &Candidate, reply: &palisade_smtp_proto::Reply) -> Outcome {
+        let text = format!("host {}[{}] said: {reply}", c.name, c.addr);
+        if reply.is_positive() {
+            return Outcome::Delivered(text);
+        }
+        let cl = classify_reply(reply);
+        self.count_bounce(&cl);
+        let tagged = bounce::tag(&cl, &text);
+        if cl.permanent {
+            Outcome::Failed(tagged)
+        } else {
+            Outcome::Deferred(tagged)
+        }
+    }
+
+    fn count_bounce(&self, c: &Classified) {
+        self.ctx.metrics.inc(
+            "palisade_bounces_total",
+            "Delivery failures by root cause (bounce study) and kind.",
+            &[
+                ("cause", c.cause.label()),
+                (
+                    "kind",
+                    if c.permanent {
+                        "permanent"
+                    } else {
+                        "temporary"
+                    },
+                ),
+            ],
+        );
+    }
+
+    /// One transaction on one host, on a pooled connection when there is
+    /// one (a stale pooled connection is replaced once).
+    async fn try_host(
+        &self,
+        addr: SocketAddr,
+        tls_required: bool,
+        tx: &Transaction<'_>,
+    ) -> Result<TxResult, ClientError> {
+        let mut cfg = self.client.clone();
+        if tls_required {
+            cfg.tls_mode = TlsMode::Required;
+        }
+        let pooled = self.take_idle(addr, tls_required);
+        let fresh = pooled.is_none();
+        let mut conn = match pooled {
+            Some(c) => c,
+            None => Connection::connect(addr, &cfg).await?,
+        };
+        if tls_required && !conn.is_tls() {
+            // Belt and braces: never send a required-TLS message in clear.
+            return Err(ClientError::TlsRequired);
+        }
+        let result = match conn.send(tx).await {
+            Ok(r) => r,
+            Err(ClientError::Io(_) | ClientError::Timeout(_) | ClientError::Protocol(_))
+                if !fresh =>
+            {
+                conn = Connection::connect(addr, &cfg).await?;
+                conn.send(tx).await?
+            }
+            Err(e) => return Err(e),
+        };
+        if conn.is_usable() {
+            self.put_idle(addr, tls_required, conn);
+        }
+        Ok(result)
+    }
+
+    fn take_idle(&self, addr: SocketAddr, tls: bool) -> Option<Connection> {
+        let mut idle = self.idle.lock().unwrap();
+        let list = idle.get_mut(&(addr, tls))?;
+        while let Some((conn, since)) = list.pop() {
+            if since.elapsed() < IDLE_REUSE_LIMIT {
+                return Some(conn);
+            }
+        }
+        None
+    }
+
+    fn put_idle(&self, addr: SocketAddr, tls: bool, conn: Connection) {
+        let mut idle = self.idle.lock().unwrap();
+        let list = idle.entry((addr, tls)).or_default();
+        if list.len() < MAX_IDLE_PER_HOST {
+            list.push((conn, Instant::now()));
+        }
+    }
+
+    fn log_results(
+        &self,
+        id: QueueId,
+        envelope: &Envelope,
+        results: &[(usize, Outcome)],
+        started: Instant,
+    ) {
+        let delay = SystemTime::now()
+            .duration_since(envelope.arrived)
+            .unwrap_or_default()
+            .as_secs_f64();
+        for (i, outcome) in results {
+            let rcpt = &envelope.rcpts[*i].address;
+            let (status, text) = match outcome {
+                Outcome::Delivered(t) => ("sent", t),
+                Outcome::Deferred(t) => ("deferred", t),
+                Outcome::Failed(t) => ("bounced", t),
+            };
+            info!(
+                "{id}: to=<{rcpt}>, delay={delay:.3}, attempt={:.3}, status={status} ({text})",
+                started.elapsed().as_secs_f64()
+            );
+            self.ctx.metrics.inc(
+                "palisade_deliveries_total",
+                "Recipient delivery attempts by result.",
+                &[("status", status)],
+            );
+        }
+    }
+
+    /// A DSN goes only to a local sender who authenticated (flow 4): the
+    /// session that queued the message was authenticated, or the message
+    /// entered the gateway at an MSA node (which takes mail only after
+    /// AUTH; internal stages carry that entry point in the origin token).
+    fn may_notify(&self, envelope: &Envelope) -> bool {
+        if envelope.mail_from.is_empty()
+            || self.ctx.config.local_domain(&envelope.mail_from).is_none()
+        {
+            return false;
+        }
+        if envelope.client.auth_user.is_some() {
+            return true;
+        }
+        let entry_node = envelope
+            .origin
+            .as_deref()
+            .and_then(|o| o.split_once('/'))
+            .map(|(n, _)| n);
+        entry_node
+            .and_then(|n| self.ctx.config.node.get(n))
+            .is_some_and(|n| n.stage == StageKind::Msa)
+    }
+
+    async fn notify(
+        &self,
+        envelope: &Envelope,
+        body: &[u8],
+        kind: DsnKind,
+        rcpts: &[(String, String)],
+    ) {
+        let id = envelope.id;
+        if !self.may_notify(envelope) {
+            for (rcpt, why) in rcpts {
+                info!("{id}: to=<{rcpt}>: {why}; no DSN (sender not an authenticated local user)");
+            }
+            return;
+        }
+        let recipients: Vec<DsnRecipient> = rcpts
+            .iter()
+            .map(|(address, why)| {
+                let (cause, status, diagnostic) = bounce::untag(why).unwrap_or((
+                    bounce::BounceCause::Other,
+                    (5, 0, 0),
+                    why.clone(),
+                ));
+                let status = match kind {
+                    DsnKind::Failure => (5, status.1, status.2),
+                    DsnKind::Delay => (4, status.1, status.2),
+                };
+                DsnRecipient {
+                    address: address.clone(),
+                    cause,
+                    status,
+                    diagnostic: if why.starts_with("message expired") {
+                        format!(
+                            "gave up after the maximum time in queue; last attempt: {diagnostic}"
+                        )
+                    } else {
+                        diagnostic
+                    },
+                }
+            })
+            .collect();
+        let qid = id.to_string();
+        let report = dsn::build(&DsnInput {
+            reporting_mta: &self.ctx.config.gateway.hostname,
+            kind,
+            sender: &envelope.mail_from,
+            queue_id: &qid,
+            arrived: envelope.arrived,
+            recipients: &recipients,
+            original: body,
+            now: SystemTime::now(),
+        });
+        let kind_word = match kind {
+            DsnKind::Failure => "failed",
+            DsnKind::Delay => "delayed",
+        };
+        // The origin token makes the notice idempotent: re-created after a
+        // crash, it is recognised as a duplicate by our own queue.
+        let msg = NewMessage {
+            origin: Some(format!("{}/dsn-{kind_word}-{qid}", self.ctx.node_name)),
+            mail_from: String::new(),
+            mail_params: String::new(),
+            rcpts: vec![NewRecipient {
+                address: envelope.mail_from.clone(),
+                params: String::new(),
+            }],
+            client: ClientInfo {
+                peer: "local".into(),
+                helo: self.ctx.config.gateway.hostname.clone(),
+                tls: None,
+                auth_user: None,
+            },
+            body: report,
+        };
+        match self.queue.enqueue(msg).await {
+            Ok(e) => {
+                info!(
+                    "{id}: sender notification ({kind_word}) queued as {} for <{}>",
+                    e.id, envelope.mail_from
+                );
+                self.ctx.metrics.inc(
+                    "palisade_dsn_total",
+                    "Delivery status notifications queued for senders.",
+                    &[("action", kind_word)],
+                );
+            }
+            Err(e) => warn!("{id}: cannot queue the {kind_word} notification: {e}"),
+        }
+    }
+
+    async fn maybe_notify_delay(&self, id: QueueId) {
+        let after = self.outbound().dsn_delay_after.duration();
+        if after.is_zero() || self.delay_notified.lock().unwrap().contains(&id) {
+            return;
+        }
+        let Ok(Some(envelope)) = self.queue.envelope(id) else {
+            return;
+        };
+        let waited = SystemTime::now()
+            .duration_since(envelope.arrived)
+            .unwrap_or_default();
+        if waited < after || !self.may_notify(&envelope) {
+            return;
+        }
+        let Ok(Some(body)) = self.queue.body(id) else {
+            return;
+        };
+        let pending: Vec<(String, String)> = envelope
+            .rcpts
+            .iter()
+            .filter(|r| matches!(r.status, RcptStatus::Pending))
+            .map(|r| (r.address.clone(), r.last_reply.clone().unwrap_or_default()))
+            .collect();
+        self.notify(&envelope, &body, DsnKind::Delay, &pending)
+            .await;
+        self.delay_notified.lock().unwrap().insert(id);
+        let appended = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.delay_notified_file)
+            .and_then(|mut f| writeln!(f, "{id}"));
+        if let Err(e) = appended {
+            warn!("{id}: cannot remember the delay notice: {e}");
+        }
+    }
+
+    fn forget_delay_notice(&self, id: QueueId) {
+        // The file is only appended to; stale ids are harmless (ids are
+        // never reused) and the set is rebuilt at each start.
+        self.delay_notified.lock().unwrap().remove(&id);
+    }
+}
+
+/// The reply that makes a whole transaction worth retrying on the next
+/// host: MAIL tempfailed, the server closes (421), or DATA tempfailed.
+fn whole_tempfail(r: &TxResult) -> Option<&palisade_smtp_proto::Reply> {
+    if r.mail.is_transient() {
+        return Some(&r.mail);
+    }
+    if let Some(x) = r.rcpts.iter().find(|x| x.code == 421) {
+        return Some(x);
+    }
+    r.data.as_ref().filter(|d| d.code == 421)
+}

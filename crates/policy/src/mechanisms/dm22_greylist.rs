@@ -1,0 +1,295 @@
+//! DM22 greylisting (Harris 2003): the first attempt of an unknown
+//! (client network, sender, recipient) triplet is refused with `451 4.7.1`;
+//! a retry after `delay` and within `retry_window` passes, and the triplet
+//! then passes for `pass_lifetime`. Clients that passed
+//! `auto_whitelist_after` triplets are real MTAs that retry: they are no
+//! longer delayed. The client is its /24 or /64 since large senders retry
+//! from another address of their pool. SPF-pass senders skip it (the
+//! caller decides; see `Policy::on_rcpt`).
+//!
+//! State lives behind [`GreylistStore`]: LMDB per node here; a pair sharing
+//! state (Redis) implements the same two calls.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use lmdb::{Database, DatabaseFlags, Environment, EnvironmentFlags, Transaction, WriteFlags};
+use palisade_config::Dm22Greylist;
+use palisade_smtp_proto::Reply;
+
+/// One remembered triplet or client.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Entry {
+    /// Unix seconds of the first attempt.
+    pub first_seen: u64,
+    pub last_seen: u64,
+    /// Passed retries (triplet), or passed triplets (client).
+    pub passes: u32,
+}
+
+impl Entry {
+    fn encode(&self) -> String {
+        format!("{} {} {}", self.first_seen, self.last_seen, self.passes)
+    }
+    fn decode(b: &[u8]) -> Option<Entry> {
+        let s = std::str::from_utf8(b).ok()?;
+        let mut f = s.split(' ').map(|x| x.parse::<u64>().ok());
+        Some(Entry {
+            first_seen: f.next()??,
+            last_seen: f.next()??,
+            passes: f.next()?? as u32,
+        })
+    }
+}
+
+/// Where greylisting state is kept.
+pub trait GreylistStore: Send + Sync {
+    fn get(&self, key: &str) -> anyhow::Result<Option<Entry>>;
+    fn put(&self, key: &str, entry: Entry) -> anyhow::Result<()>;
+}
+
+/// One node's state in an LMDB file under its data directory.
+pub struct LmdbGreylistStore {
+    env: Environment,
+    db: Database,
+}
+
+impl LmdbGreylistStore {
+    pub fn open(dir: &Path) -> anyhow::Result<Self> {
+        std::fs::create_dir_all(dir)?;
+        let env = Environment::new()
+            .set_flags(EnvironmentFlags::NO_TLS)
+            .set_map_size(256 << 20)
+            .open(dir)?;
+        let db = env.create_db(None, DatabaseFlags::empty())?;
+        Ok(LmdbGreylistStore { env, db })
+    }
+}
+
+impl GreylistStore for LmdbGreylistStore {
+    fn get(&self, key: &str) -> anyhow::Result<Option<Entry>> {
+        let txn = self.env.begin_ro_txn()?;
+        match txn.get(self.db, &key) {
+            Ok(v) => Ok(Entry::decode(v)),
+            Err(lmdb::Error::NotFound) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    fn put(&self, key: &str, entry: Entry) -> anyhow::Result<()> {
+        let mut txn = self.env.begin_rw_txn()?;
+        txn.put(self.db, &key, &entry.encode(), WriteFlags::empty())?;
+        // Losing the last second of greylisting state in a crash only
+        // makes a sender retry once more: no fsync wait per RCPT.
+        txn.commit()?;
+        Ok(())
+    }
+}
+
+/// What greylisting decided for one RCPT.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    /// Known good client or triplet.
+    Pass,
+    /// This retry passed the delay (the log says "retried correctly").
+    PassedRetry,
+    Greylisted(Reply),
+}
+
+pub struct Greylist {
+    settings: Dm22Greylist,
+    store: Arc<dyn GreylistStore>,
+}
+
+fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+impl Greylist {
+    pub fn new(settings: &Dm22Greylist, store: Arc<dyn GreylistStore>) -> Self {
+        Greylist {
+            settings: settings.clone(),
+            store,
+        }
+    }
+
+    pub fn check(&self, network: &str, sender: &str, rcpt: &str) -> anyhow::Result<Verdict> {
+        self.check_at(now(), network, sender, rcpt)
+    }
+
+    pub fn check_at(
+        &self,
+        now: u64,
+        network: &str,
+        sender: &str,
+        rcpt: &str,
+    ) -> anyhow::Result<Verdict> {
+        let s = &self.settings;
+        let lifetime = s.pass_lifetime.0 as u64;
+        let client_key = format!("c\0{network}");
+        if let Some(c) = self.store.get(&client_key)? {
+            if c.passes >= s.auto_whitelist_after && now.saturating_sub(c.last_seen) < lifetime {
+                return Ok(Verdict::Pass);
+            }
+        }
+        let key = format!(
+            "t\0{network}\0{}\0{}",
+            sender.to_ascii_lowercase(),
+            rcpt.to_ascii_lowercase()
+        );
+        let delay = s.delay.0.ceil() as u64;
+        let window = s.retry_window.0 as u64;
+        let greylisted = |first: u64| {
+            let wait = (first + delay).saturating_sub(now).max(1);
+            Verdict::Greylisted(Reply::enhanced(
+                451,
+                (4, 7, 1),
+                format!("<{rcpt}>: Recipient address rejected: Greylisted, try again in {wait} s"),
+            ))
+        };
+        match self.store.get(&key)? {
+            Some(e) if e.passes > 0 && now.saturating_sub(e.last_seen) < lifetime => {
+                self.store.put(
+                    &key,
+                    Entry {
+                        last_seen: now,
+                        passes: e.passes + 1,
+                        ..e
+                    },
+                )?;
+                Ok(Verdict::Pass)
+            }
+            Some(e) if e.passes == 0 && now.saturating_sub(e.first_seen) <= window => {
+                if now < e.first_seen + delay {
+                    // Too early: the first-seen time stays, so hammering
+                    // does not restart the clock, nor shorten it.
+                    return Ok(greylisted(e.first_seen));
+                }
+                self.store.put(
+                    &key,
+                    Entry {
+                        last_seen: now,
+                        passes: 1,
+                        ..e
+                    },
+                )?;
+                let c = self.store.get(&client_key)?.unwrap_or(Entry {
+                    first_seen: now,
+                    ..Entry::default()
+                });
+                self.store.put(
+                    &client_key,
+                    Entry {
+                        last_seen: now,
+                        passes: c.passes + 1,
+                        ..c
+                    },
+                )?;
+                Ok(Verdict::PassedRetry)
+            }
+            // Unknown, expired, or retried too late: start over.
+            _ => {
+                self.store.put(
+                    &key,
+                    Entry {
+                        first_seen: now,
+                        last_seen: now,
+                        passes: 0,
+                    },
+                )?;
+                Ok(greylisted(now))
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use palisade_config::Seconds;
+
+    fn greylist(auto: u32) -> (Greylist, std::path::PathBuf) {
+        let dir =
+            std::env::temp_dir().join(format!("dm22-{}-{}", std::process::id(), rand_suffix()));
+        let store = Arc::new(LmdbGreylistStore::open(&dir).unwrap());
+        let s = Dm22Greylist {
+            delay: Seconds(60.0),
+            retry_window: Seconds(3600.0),
+            pass_lifetime: Seconds(86400.0),
+            auto_whitelist_after: auto,
+            ..Dm22Greylist::default()
+        };
+        (Greylist::new(&s, store), dir)
+    }
+
+    fn rand_suffix() -> u64 {
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_nanos() as u64
+    }
+
+    #[test]
+    fn first_attempt_451_early_retry_451_later_retry_passes() {
+        let (g, dir) = greylist(10);
+        let t = 1_000_000;
+        let v = g
+            .check_at(t, "192.0.2.0/24", "a@x.test", "u@example.test")
+            .unwrap();
+        assert!(matches!(v, Verdict::Greylisted(r) if r.code == 451));
+        assert!(matches!(
+            g.check_at(t + 30, "192.0.2.0/24", "a@x.test", "u@example.test")
+                .unwrap(),
+            Verdict::Greylisted(_)
+        ));
+        assert_eq!(
+            g.check_at(t + 61, "192.0.2.0/24", "a@x.test", "u@example.test")
+                .unwrap(),
+            Verdict::PassedRetry
+        );
+        assert_eq!(
+            g.check_at(t + 7200, "192.0.2.0/24", "A@x.test", "u@example.test")
+                .unwrap(),
+            Verdict::Pass
+        );
+        // Another sender is a new triplet.
+        assert!(matches!(
+            g.check_at(t + 7200, "192.0.2.0/24", "b@x.test", "u@example.test")
+                .unwrap(),
+            Verdict::Greylisted(_)
+        ));
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn retry_after_the_window_starts_over() {
+        let (g, dir) = greylist(10);
+        let t = 1_000_000;
+        g.check_at(t, "n", "a@x.test", "u@e.test").unwrap();
+        assert!(matches!(
+            g.check_at(t + 4000, "n", "a@x.test", "u@e.test").unwrap(),
+            Verdict::Greylisted(_)
+        ));
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn clients_that_retried_are_auto_whitelisted() {
+        let (g, dir) = greylist(1);
+        let t = 1_000_000;
+        g.check_at(t, "n", "a@x.test", "u@e.test").unwrap();
+        assert_eq!(
+            g.check_at(t + 61, "n", "a@x.test", "u@e.test").unwrap(),
+            Verdict::PassedRetry
+        );
+        assert_eq!(
+            g.check_at(t + 62, "n", "new@y.test", "v@e.test").unwrap(),
+            Verdict::Pass
+        );
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+}

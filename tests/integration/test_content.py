@@ -1,0 +1,286 @@
+"""Issue 6: the content stages, antivirus (C) with a real clamd and the
+quarantine, antispam (D) with Bayes, rules and GTUBE, through the real
+chain mx-1 -> antivirus -> antispam -> store (and msa-1 for flow 4).
+
+clamd is Debian's clamav-daemon with a local signature database only
+(tests/integration/clamd.py, started by conftest for antivirus nodes).
+"""
+
+import base64
+import email.message
+import imaplib
+import io
+import re
+import smtplib
+import ssl
+import time
+import uuid
+import zipfile
+
+import pytest
+
+from clamd import EICAR
+from conftest import PASSWORD, message_ids, pop3_messages, wait_for, wait_port
+
+GTUBE = "XJS*C4JDBQADN1.NSBN3*2IDNEN*GTUBE-STANDARD-ANTI-UBE-TEST-EMAIL*C.34X"
+USER = "alice@example.test"
+FLOW1 = ["store-staff", "mx-1", "antivirus-1", "antispam-1"]
+
+
+def tls_context():
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    return ctx
+
+
+def new_message(subject, body="Hello, just a normal note about lunch.\n", attachment=None,
+                sender="sender@outside.test"):
+    m = email.message.EmailMessage()
+    m["From"] = sender
+    m["To"] = USER
+    m["Subject"] = subject
+    m["Date"] = "Tue, 24 Nov 2026 10:00:00 +0000"
+    m["Message-ID"] = f"<{uuid.uuid4().hex}@outside.test>"
+    m.set_content(body)
+    if attachment:
+        name, data, maintype, subtype = attachment
+        m.add_attachment(data, maintype=maintype, subtype=subtype, filename=name)
+    raw = m.as_bytes().replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
+    return raw, m["Message-ID"]
+
+
+def eicar_zip():
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as z:
+        z.writestr("readme.com", EICAR)
+    return buf.getvalue()
+
+
+def send(arch, msg, node="mx-1", rcpt=USER):
+    with smtplib.SMTP(*arch.addr(node), timeout=60) as s:
+        return s.sendmail("sender@outside.test", [rcpt], msg)
+
+
+def quarantine(arch):
+    out = arch.palisade("quarantine", "list").stdout
+    return [l for l in out.splitlines() if re.match(r"^[0-9A-F]{18}\s", l)]
+
+
+def imap_folder(arch, folder):
+    host, port = arch.addr("store-staff", "imaps")
+    m = imaplib.IMAP4_SSL(host, port, ssl_context=tls_context(), timeout=30)
+    try:
+        m.login(USER, PASSWORD)
+        typ, _ = m.select(folder, readonly=True)
+        assert typ == "OK"
+        typ, data = m.search(None, "ALL")
+        out = []
+        for num in data[0].split():
+            typ, msg = m.fetch(num, "(RFC822)")
+            out.append(msg[0][1])
+        return out
+    finally:
+        m.logout()
+
+
+@pytest.fixture
+def flow1(arch):
+    arch.add_user(USER)
+    arch.start(*FLOW1)
+    return arch
+
+
+def test_clamd_helper_finds_eicar_in_every_form():
+    """The local signature database, straight through INSTREAM: this is
+    what the antivirus stage relies on."""
+    import tempfile
+    from pathlib import Path
+
+    from clamd import Clamd
+
+    c = Clamd(Path(tempfile.mkdtemp(prefix="clamd-")))
+    c.start()
+    try:
+        plain, _ = new_message("plain", body=f"look:\n{EICAR}\n")
+        b64, _ = new_message("b64", attachment=("eicar.com", EICAR.encode(), "application", "octet-stream"))
+        zipped, _ = new_message("zip", attachment=("eicar.zip", eicar_zip(), "application", "zip"))
+        clean, _ = new_message("clean")
+        assert c.scan(plain).endswith("FOUND")
+        assert EICAR.encode() not in b64
+        assert c.scan(b64).endswith("FOUND")
+        assert c.scan(zipped).endswith("FOUND")
+        assert c.scan(clean) == "stream: OK"
+    finally:
+        c.stop()
+
+
+def test_eicar_plain_base64_and_zip_are_quarantined_clean_mail_is_delivered(flow1):
+    arch = flow1
+    plain, _ = new_message("eicar plain", body=f"look:\n{EICAR}\n")
+    b64, _ = new_message("eicar base64", attachment=("eicar.com", EICAR.encode(), "application", "octet-stream"))
+    zipped, _ = new_message("eicar zip", attachment=("eicar.zip", eicar_zip(), "application", "zip"))
+    clean, clean_id = new_message("clean note")
+    for m in (plain, b64, zipped, clean):
+        assert send(arch, m) == {}
+    got = wait_for(lambda: pop3_messages(arch, USER), what="the clean message")
+    lines = wait_for(lambda: len(quarantine(arch)) >= 3 and quarantine(arch), what="3 quarantined")
+    assert len(lines) == 3, lines
+    for subject in ("eicar plain", "eicar base64", "eicar zip"):
+        line = [l for l in lines if subject in l]
+        assert line and "virus" in line[0] and "Eicar" in line[0], (subject, lines)
+    time.sleep(2)  # anything infected would have arrived by now
+    got = pop3_messages(arch, USER)
+    assert message_ids(got) == [clean_id]
+    assert b"X-Virus-Scanned: clamd" in got[0]
+    assert not any(EICAR.encode() in m for m in got)
+    # show: envelope, reason, message; delete forgets it.
+    qid = lines[0].split()[0]
+    shown = arch.palisade("quarantine", "show", qid).stdout
+    assert "Kind: virus" in shown and "Mail-From: <sender@outside.test>" in shown
+    assert f"Recipients: {USER}" in shown
+    arch.palisade("quarantine", "delete", qid)
+    assert len(quarantine(arch)) == 2
+    assert arch.palisade("quarantine", "show", qid, check=False).returncode != 0
+
+
+def test_quarantine_release_reinjects_after_antivirus(flow1):
+    arch = flow1
+    msg, mid = new_message("to be released", body=f"false alarm\n{EICAR}\n")
+    send(arch, msg)
+    qid = wait_for(lambda: quarantine(arch), what="quarantined")[0].split()[0]
+    assert pop3_messages(arch, USER) == []
+    out = arch.palisade("quarantine", "release", qid).stdout
+    assert "released" in out
+    got = wait_for(lambda: pop3_messages(arch, USER), what="released delivery")
+    assert message_ids(got) == [mid]
+    # It went through antispam (headers) but not through the antivirus again.
+    assert b"X-Spam-Score:" in got[0]
+    assert b"X-Palisade-Quarantine: released" in got[0]
+    assert quarantine(arch) == []
+
+
+def test_gtube_lands_in_junk_with_spam_headers(flow1):
+    arch = flow1
+    wait_port(arch.addr("store-staff", "imaps"), proc=arch.procs["store-staff"])
+    spam, spam_id = new_message("gtube", body=f"test spam\n{GTUBE}\n")
+    ham, ham_id = new_message("normal")
+    send(arch, spam)
+    send(arch, ham)
+    junk = wait_for(lambda: imap_folder(arch, "Junk"), what="delivery to Junk")
+    assert message_ids(junk) == [spam_id]
+    head = junk[0].split(b"\r\n\r\n")[0]
+    assert re.search(rb"^X-Spam-Flag: YES", head, re.M)
+    assert re.search(rb"^X-Spam-Score: 1\d\.\d\d", head, re.M)
+    assert b"GTUBE=+10.00" in head
+    inbox = wait_for(lambda: imap_folder(arch, "INBOX"), what="ham in INBOX")
+    assert message_ids(inbox) == [ham_id]
+    assert re.search(rb"^X-Spam-Flag: NO", inbox[0], re.M)
+    # Each score source is counted in the node's metrics.
+    import urllib.request
+
+    host, port = arch.addr("antispam-1", "metrics")
+    text = urllib.request.urlopen(f"http://{host}:{port}/metrics", timeout=10).read().decode()
+    assert re.search(r'palisade_spam_hits_total\{[^}]*source="gtube"[^}]*\} 1', text), text
+    assert re.search(r'palisade_spam_verdicts_total\{[^}]*verdict="tagged"[^}]*\} 1', text), text
+
+
+def test_clamd_down_mail_waits_upstream_and_is_delivered_when_it_returns(arch_factory):
+    # Retry between stages quickly so the test does not wait 10 s.
+    arch = arch_factory(edit=lambda t: t.replace(
+        "[stage.mx.limits]", '[stage.mx.queue]\nmin_retry = "1s"\nmax_retry = "2s"\n\n[stage.mx.limits]', 1))
+    arch.add_user(USER)
+    arch.start(*FLOW1)
+    arch.clamd.stop()
+    msg, mid = new_message("while clamd is down")
+    assert send(arch, msg) == {}  # the MX accepts and queues it
+    wait_for(lambda: "Virus scanner unavailable" in arch.log("mx-1") or "451" in arch.log("mx-1"),
+             what="antivirus tempfail seen by mx-1")
+    assert pop3_messages(arch, USER) == []
+    assert quarantine(arch) == []
+    arch.clamd.start()
+    got = wait_for(lambda: pop3_messages(arch, USER), timeout=60, what="delivery after clamd is back")
+    assert message_ids(got) == [mid]
+    assert b"X-Virus-Scanned: clamd" in got[0]
+
+
+def test_spam_train_then_bayes_scores_in_the_stage(flow1, tmp_path):
+    arch = flow1
+    ham_dir, spam_dir = tmp_path / "ham", tmp_path / "spam"
+    ham_dir.mkdir()
+    spam_dir.mkdir()
+    for i in range(30):
+        (ham_dir / f"{i}.eml").write_bytes(new_message(
+            f"minutes {i}", body=f"the committee meeting agenda and minutes for week {i}, see the budget draft\n")[0])
+        (spam_dir / f"{i}.eml").write_bytes(new_message(
+            f"cheap pills {i}", body=f"buy cheap replica watches and pills now, best prices offer {i}\n")[0])
+    out = arch.palisade("spam", "train", "--ham", str(ham_dir), "--spam", str(spam_dir))
+    assert "trained 30 ham and 30 spam" in out.stdout
+    ev = arch.palisade("spam", "eval", "--ham", str(ham_dir), "--spam", str(spam_dir)).stdout
+    assert re.search(r"detection rate 100\.00% \(30/30\), false positives 0\.00% \(0/30\)", ev), ev
+    assert re.search(r"\d+ msg/s per core", ev)
+    cv = arch.palisade("spam", "eval", "--ham", str(ham_dir), "--spam", str(spam_dir), "--folds", "3").stdout
+    assert "3-fold cross-validation" in cv
+    # The running antispam node reads the trained database at once.
+    spam, spam_id = new_message("cheap pills offer", body="buy cheap replica watches and pills now, best prices\n")
+    send(arch, spam)
+    junk = wait_for(lambda: imap_folder(arch, "Junk"), what="Bayes spam in Junk")
+    assert message_ids(junk) == [spam_id]
+    assert re.search(rb"BAYES=\+1\d\.\d\d \(p=0\.9", junk[0])
+
+
+def test_outbound_spam_from_a_local_user_is_held_and_counted(arch_factory, sink):
+    def edit(text):
+        return text.replace("[stage.outgoing]\n", f'[stage.outgoing]\nrelay = ["127.0.0.1:{sink.port}"]\n', 1)
+
+    arch = arch_factory(edit=edit)
+    arch.add_user(USER)
+    arch.start("store-staff", "msa-1", "antivirus-1", "antispam-1", "outgoing-1")
+    clean, clean_id = new_message("report", sender=USER)
+    spam, _ = new_message("outbound gtube", body=f"{GTUBE}\n", sender=USER)
+    with smtplib.SMTP(*arch.addr("msa-1", "submission"), timeout=30) as s:
+        s.starttls(context=tls_context())
+        s.login(USER, PASSWORD)
+        s.sendmail(USER, ["friend@remote.test"], clean)
+        s.sendmail(USER, ["friend@remote.test"], spam)
+    wait_for(lambda: sink.messages, what="clean message at the sink")
+    held = wait_for(lambda: [l for l in quarantine(arch) if "outbound-spam" in l], what="held spam")
+    assert "outbound gtube" in held[0]
+    time.sleep(2)
+    assert [m for m in sink.messages if b"outbound gtube" in m[2]] == []
+    assert len(sink.messages) == 1 and clean_id.encode() in sink.messages[0][2]
+
+
+def test_infected_mail_from_a_local_user_gets_a_dsn(arch_factory):
+    arch = arch_factory()
+    arch.add_user(USER)
+    arch.add_user("bob@example.test")
+    arch.start("store-staff", "msa-1", "antivirus-1", "antispam-1")
+    msg, _ = new_message("my infected file", sender=USER,
+                         attachment=("eicar.com", EICAR.encode(), "application", "octet-stream"))
+    with smtplib.SMTP(*arch.addr("msa-1", "submission"), timeout=30) as s:
+        s.starttls(context=tls_context())
+        s.login(USER, PASSWORD)
+        s.sendmail(USER, ["bob@example.test"], msg)
+    dsn = wait_for(lambda: pop3_messages(arch, USER), what="DSN to the sender")
+    assert b"multipart/report; report-type=delivery-status" in dsn[0]
+    assert b"Final-Recipient: rfc822; bob@example.test" in dsn[0]
+    assert EICAR.encode() not in dsn[0]
+    assert pop3_messages(arch, "bob@example.test") == []
+    assert len(quarantine(arch)) == 1
+
+
+def test_external_infected_sender_never_gets_a_bounce(arch_factory, sink):
+    """Backscatter (SPEC §4): nothing leaves for the outside sender; the
+    outgoing stage (relaying to a sink standing for the Internet) gets
+    nothing, only the quarantine knows."""
+    arch = arch_factory(edit=lambda t: t.replace(
+        "[stage.outgoing]\n", f'[stage.outgoing]\nrelay = ["127.0.0.1:{sink.port}"]\n', 1))
+    arch.add_user(USER)
+    arch.start(*FLOW1, "outgoing-1")
+    msg, _ = new_message("infected from outside", body=f"{EICAR}\n")
+    send(arch, msg)
+    wait_for(lambda: quarantine(arch), what="quarantined")
+    time.sleep(3)
+    assert sink.messages == []
+    assert pop3_messages(arch, USER) == []

@@ -1,0 +1,436 @@
+"""Stage F (outgoing): MX routing, failover, retries, TLS policy, DKIM, DSNs.
+
+Runs a real DNS server (dnsmasq) on loopback with test zones whose MX
+hosts are 127.0.0.x addresses, and small SMTP sinks on those addresses at
+one port (the config's `outbound.smtp_port`, a test/lab setting). Only the
+outgoing-1 node runs; the test submits to it like the antispam pair would,
+and a sink stands on the antivirus-1 address to receive DSNs re-injected
+into the chain.
+"""
+
+import shutil
+import smtplib
+import socket
+import socketserver
+import subprocess
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import BIN, port_free
+
+SINK_PORT_BASE = 30025
+
+
+class Sink:
+    """A tiny SMTP server on (ip, port). mode: ok | greylist | reject | slow."""
+
+    def __init__(self, ip, port, mode="ok", delay=0.0):
+        self.ip, self.port, self.mode, self.delay = ip, port, mode, delay
+        self.messages = []  # (mail_from, [rcpts], data)
+        self.seen = set()
+        self.transcript = []
+        sink = self
+
+        class Handler(socketserver.StreamRequestHandler):
+            def handle(self):
+                w = lambda s: self.wfile.write((s + "\r\n").encode())
+                w("220 sink ESMTP")
+                mail_from, rcpts = None, []
+                while True:
+                    line = self.rfile.readline()
+                    if not line:
+                        return
+                    cmd = line.decode(errors="replace").rstrip("\r\n")
+                    sink.transcript.append(cmd)
+                    up = cmd.upper()
+                    if up.startswith("EHLO"):
+                        w("250-sink")
+                        w("250-PIPELINING")
+                        w("250 8BITMIME")
+                    elif up.startswith("HELO"):
+                        w("250 sink")
+                    elif up.startswith("MAIL FROM:"):
+                        mail_from, rcpts = cmd[10:].split(" ")[0].strip("<>"), []
+                        w("250 2.1.0 ok")
+                    elif up.startswith("RCPT TO:"):
+                        rcpt = cmd[8:].split(" ")[0].strip("<>")
+                        if sink.mode == "reject":
+                            w("550 5.1.1 <%s>: no such user here" % rcpt)
+                        elif sink.mode == "greylist" and rcpt not in sink.seen:
+                            sink.seen.add(rcpt)
+                            w("451 4.7.1 Greylisted, please try again later")
+                        else:
+                            rcpts.append(rcpt)
+                            w("250 2.1.5 ok")
+                    elif up == "DATA":
+                        if not rcpts:
+                            w("554 5.5.1 no valid recipients")
+                            continue
+                        w("354 go ahead")
+                        data = b""
+                        while True:
+                            l = self.rfile.readline()
+                            if not l:
+                                return  # connection lost mid-DATA: nothing kept
+                            if l == b".\r\n":
+                                break
+                            data += l[1:] if l.startswith(b"..") else l
+                        if sink.delay:
+                            time.sleep(sink.delay)
+                            # A client that died while we waited never got
+                            # our 250: a real server would not deliver.
+                            self.request.setblocking(False)
+                            try:
+                                if self.request.recv(1, socket.MSG_PEEK) == b"":
+                                    return
+                            except BlockingIOError:
+                                pass
+                            finally:
+                                self.request.setblocking(True)
+                        sink.messages.append((mail_from, rcpts, data))
+                        w("250 2.0.0 queued")
+                    elif up == "RSET":
+                        mail_from, rcpts = None, []
+                        w("250 ok")
+                    elif up == "NOOP":
+                        w("250 ok")
+                    elif up == "QUIT":
+                        w("221 bye")
+                        return
+                    else:
+                        w("502 5.5.2 not implemented")
+
+        class Server(socketserver.ThreadingTCPServer):
+            allow_reuse_address = True
+            daemon_threads = True
+
+        self.server = Server((ip, port), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def stop(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+    def rcpts(self):
+        return [r for _, rs, _ in self.messages for r in rs]
+
+
+def free_udp_tcp_port():
+    for p in range(25353, 26353):
+        if port_free(p):
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
+                try:
+                    u.bind(("127.0.0.1", p))
+                    return p
+                except OSError:
+                    continue
+    raise RuntimeError("no port for dnsmasq")
+
+
+class Dns:
+    def __init__(self, lines):
+        self.dir = Path(tempfile.mkdtemp(prefix="palisade-dns-"))
+        self.port = free_udp_tcp_port()
+        conf = self.dir / "zones.conf"
+        conf.write_text("\n".join(lines) + "\n")
+        self.proc = subprocess.Popen(
+            ["dnsmasq", "--no-daemon", f"--port={self.port}", "--listen-address=127.0.0.1",
+             "--bind-interfaces", "--no-resolv", "--no-hosts", f"--conf-file={conf}",
+             "--log-facility=-"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+        time.sleep(0.3)
+        assert self.proc.poll() is None, "dnsmasq did not start"
+
+    def stop(self):
+        self.proc.terminate()
+        self.proc.wait(timeout=5)
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+@pytest.fixture
+def world(arch_factory):
+    if shutil.which("dnsmasq") is None:
+        pytest.skip("dnsmasq (dnsmasq-base) is not installed")
+    port = next(p for p in range(SINK_PORT_BASE, SINK_PORT_BASE + 500)
+                if all(port_free_on(f"127.0.0.{i}", p) for i in range(2, 10)))
+    sinks = {
+        "multi2": Sink("127.0.0.3", port),            # secondary MX (primary .2 is down)
+        "grey": Sink("127.0.0.4", port, "greylist"),
+        "reject": Sink("127.0.0.5", port, "reject"),
+        "secure": Sink("127.0.0.6", port),             # no STARTTLS, domain requires TLS
+        "slow": Sink("127.0.0.7", port, delay=4.0),
+        "plain": Sink("127.0.0.8", port),
+    }
+    keydir = Path(tempfile.mkdtemp(prefix="palisade-dkim-"))
+    key = keydir / "example.test.sel1.pem"
+    out = subprocess.run([str(BIN / "palisade"), "dkim", "keygen", "example.test", "sel1",
+                          "--algorithm", "ed25519", "--out", str(key),
+                          "--config", str(Path(__file__).resolve().parents[2] / "config/local.toml")],
+                         capture_output=True, text=True, check=True).stdout
+    record = out.split('IN TXT ( "')[1].split('"')[0]
+    # Rotation: example.test lists sel0 then sel1, both published: the last
+    # published (sel1) signs. students.example.test lists old then new, only
+    # old published: old keeps signing until new is visible in DNS.
+    records = {}
+    for dom, sel in [("example.test", "sel0"), ("students.example.test", "old"),
+                     ("students.example.test", "new")]:
+        o = subprocess.run([str(BIN / "palisade"), "dkim", "keygen", dom, sel,
+                            "--algorithm", "ed25519", "--out", str(keydir / f"{dom}.{sel}.pem"),
+                            "--config", str(Path(__file__).resolve().parents[2] / "config/local.toml")],
+                           capture_output=True, text=True, check=True).stdout
+        records[(dom, sel)] = o.split('IN TXT ( "')[1].split('"')[0]
+    dns = Dns([
+        "local=/test/",                                # authoritative: NXDOMAIN/NODATA, not REFUSED
+        "mx-host=multi.test,mx1.multi.test,10",
+        "mx-host=multi.test,mx2.multi.test,20",
+        "host-record=mx1.multi.test,127.0.0.2",
+        "host-record=mx2.multi.test,127.0.0.3",
+        "mx-host=grey.test,mx.grey.test,10",
+        "host-record=mx.grey.test,127.0.0.4",
+        "mx-host=reject.test,mx.reject.test,10",
+        "host-record=mx.reject.test,127.0.0.5",
+        "mx-host=secure.test,mx.secure.test,10",
+        "host-record=mx.secure.test,127.0.0.6",
+        "mx-host=slow.test,mx.slow.test,10",
+        "host-record=mx.slow.test,127.0.0.7",
+        "host-record=implicit.test,127.0.0.8",       # no MX: implicit MX
+        "mx-host=null.test,.,0",                       # RFC 7505 null MX
+        "server=/servfail.test/127.0.0.1#9",           # upstream dead: SERVFAIL
+        f'txt-record=sel1._domainkey.example.test,"{record}"',
+        f'txt-record=sel0._domainkey.example.test,"{records[("example.test", "sel0")]}"',
+        f'txt-record=old._domainkey.students.example.test,"{records[("students.example.test", "old")]}"',
+    ])
+
+    def edit(text):
+        text = text.replace('hostname = "mail.example.test"',
+                            f'hostname = "mail.example.test"\ndns = "127.0.0.1:{dns.port}"')
+        text = text.replace('min_retry = "5m"', 'min_retry = "1s"').replace('max_retry = "1h"', 'max_retry = "2s"')
+        text = text.replace("[stage.store]\n", f"""[stage.outgoing.outbound]
+smtp_port = {port}
+require_tls = ["secure.test"]
+dsn_delay_after = "1s"
+
+[[stage.outgoing.outbound.dkim]]
+domain = "example.test"
+selector = "sel0"
+key = "{keydir / 'example.test.sel0.pem'}"
+
+[[stage.outgoing.outbound.dkim]]
+domain = "example.test"
+selector = "sel1"
+key = "{key}"
+
+[[stage.outgoing.outbound.dkim]]
+domain = "students.example.test"
+selector = "old"
+key = "{keydir / 'students.example.test.old.pem'}"
+
+[[stage.outgoing.outbound.dkim]]
+domain = "students.example.test"
+selector = "new"
+key = "{keydir / 'students.example.test.new.pem'}"
+
+[stage.store]
+""")
+        return text
+
+    arch = arch_factory(edit=edit)
+    # A sink where the antivirus pair would be: DSNs re-enter the chain there.
+    av = [Sink(*arch.addr("antivirus-1")), Sink(*arch.addr("antivirus-2"))]
+    arch.start("outgoing-1")
+    yield arch, sinks, av, dns
+    arch.stop_all()
+    for s in list(sinks.values()) + av:
+        s.stop()
+    dns.stop()
+    shutil.rmtree(keydir, ignore_errors=True)
+
+
+def port_free_on(ip, port):
+    with socket.socket() as s:
+        try:
+            s.bind((ip, port))
+            return True
+        except OSError:
+            return False
+
+
+def submit(arch, rcpts, sender="alice@example.test", origin=None, subject="test"):
+    msg = (f"From: Alice <{sender}>\r\nTo: {', '.join(rcpts)}\r\nSubject: {subject}\r\n"
+           f"Message-ID: <{time.time_ns()}@example.test>\r\nDate: Tue, 24 Nov 2026 10:00:00 +0000\r\n\r\n"
+           "Hello from the outgoing test.\r\n").encode()
+    with smtplib.SMTP(*arch.addr("outgoing-1"), timeout=30) as s:
+        s.ehlo("antispam-1")
+        opts = [f"XORIGIN={origin}"] if origin else []
+        s.sendmail(sender, rcpts, msg, mail_options=opts)
+
+
+def wait_for(cond, timeout=30.0):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if cond():
+            return True
+        time.sleep(0.2)
+    return False
+
+
+def queue_list(arch):
+    return arch.palisade("queue", "list", "--node", "outgoing-1").stdout
+
+
+def test_secondary_mx_takes_mail_when_primary_is_down(world):
+    arch, sinks, _, _ = world
+    submit(arch, ["bob@multi.test"])
+    assert wait_for(lambda: "bob@multi.test" in sinks["multi2"].rcpts())
+    assert "127.0.0.2" in arch.log("outgoing-1"), "the primary MX must have been tried first"
+
+
+def test_implicit_mx_and_dkim_signature_verifies(world):
+    arch, sinks, _, dns = world
+    submit(arch, ["carol@implicit.test"])
+    assert wait_for(lambda: sinks["plain"].messages)
+    data = sinks["plain"].messages[0][2]
+    assert data.startswith(b"DKIM-Signature:"), data[:200]
+    v = subprocess.run([str(BIN / "palisade"), "dkim", "verify", "--dns", f"127.0.0.1:{dns.port}"],
+                       input=data, capture_output=True)
+    assert v.returncode == 0, v.stdout + v.stderr
+    assert b"pass d=example.test s=sel1" in v.stdout
+    # A tampered body must fail: the check can fail.
+    bad = data.replace(b"Hello from", b"Jello from")
+    v = subprocess.run([str(BIN / "palisade"), "dkim", "verify", "--dns", f"127.0.0.1:{dns.port}"],
+                       input=bad, capture_output=True)
+    assert v.returncode == 1
+
+
+def test_dkim_rotation_waits_for_the_new_record(world):
+    arch, sinks, _, dns = world
+    submit(arch, ["frank@implicit.test"], sender="bob@students.example.test")
+    assert wait_for(lambda: sinks["plain"].messages)
+    data = sinks["plain"].messages[0][2]
+    v = subprocess.run([str(BIN / "palisade"), "dkim", "verify", "--dns", f"127.0.0.1:{dns.port}"],
+                       input=data, capture_output=True)
+    assert v.returncode == 0, v.stdout + v.stderr
+    assert b"pass d=students.example.test s=old" in v.stdout
+
+
+def test_greylisting_destination_is_retried(world):
+    arch, sinks, _, _ = world
+    submit(arch, ["dave@grey.test"])
+    assert wait_for(lambda: "dave@grey.test" in sinks["grey"].rcpts(), timeout=40)
+    log = arch.log("outgoing-1")
+    assert "cause=greylisted" in log and "status=deferred" in log
+
+
+def test_unknown_user_bounces_to_authenticated_sender_with_reason(world):
+    arch, sinks, av, _ = world
+    submit(arch, ["nobody@reject.test"], origin="msa-1/0000000000AB", subject="for nobody")
+    got = lambda: [m for s in av for m in s.messages]
+    assert wait_for(lambda: got(), timeout=30)
+    mail_from, rcpts, dsn = got()[0]
+    assert mail_from == "" and rcpts == ["alice@example.test"]
+    assert b"multipart/report; report-type=delivery-status" in dsn
+    assert b"Final-Recipient: rfc822; nobody@reject.test" in dsn
+    assert b"Status: 5.1.1" in dsn
+    assert b"the recipient's address does not exist" in dsn
+    assert b"Subject: for nobody" in dsn
+
+
+def test_no_bounce_to_unauthenticated_sender(world):
+    arch, sinks, av, _ = world
+    submit(arch, ["nobody@reject.test"], origin="mx-1/0000000000AC")
+    assert wait_for(lambda: "no DSN" in arch.log("outgoing-1"))
+    time.sleep(1)
+    assert not [m for s in av for m in s.messages]
+
+
+def test_delayed_notice_after_dsn_delay_after(world):
+    arch, _, av, _ = world
+    submit(arch, ["late@secure.test"], origin="msa-2/0000000000AF", subject="slowpoke")
+    got = lambda: [m for s in av for m in s.messages]
+    assert wait_for(got, timeout=30)
+    mail_from, rcpts, dsn = got()[0]
+    assert mail_from == "" and rcpts == ["alice@example.test"]
+    assert b"Action: delayed" in dsn and b"Status: 4.7.10" in dsn
+    assert b"requires encryption" in dsn
+    time.sleep(3)
+    assert len(got()) == 1, "one delayed notice per message"
+
+
+def test_null_mx_fails_at_once(world):
+    arch, _, av, _ = world
+    submit(arch, ["x@null.test"], origin="msa-1/0000000000AD")
+    assert wait_for(lambda: [m for s in av for m in s.messages])
+    dsn = [m for s in av for m in s.messages][0][2]
+    assert b"null-mx" in dsn and b"accepts no e-mail" in dsn
+
+
+def test_dns_servfail_keeps_message_queued(world):
+    arch, _, av, _ = world
+    submit(arch, ["y@servfail.test"], origin="msa-1/0000000000AE")
+    assert wait_for(lambda: "cause=receiver-dns" in arch.log("outgoing-1"), timeout=40)
+    assert "y@servfail.test" in queue_list(arch)
+    assert "status=bounced" not in arch.log("outgoing-1")
+
+
+def test_tls_required_domain_is_never_sent_in_plaintext(world):
+    arch, sinks, _, _ = world
+    submit(arch, ["eve@secure.test"])
+    assert wait_for(lambda: "does not offer STARTTLS" in arch.log("outgoing-1"), timeout=30)
+    time.sleep(1)
+    assert not sinks["secure"].messages
+    assert not any(t.upper().startswith("MAIL") for t in sinks["secure"].transcript)
+    assert "eve@secure.test" in queue_list(arch)
+
+
+def test_queue_hold_release_delete_through_the_node(world):
+    arch, sinks, _, _ = world
+    submit(arch, ["held@secure.test"])
+    assert wait_for(lambda: "held@secure.test" in queue_list(arch))
+    qid = [l.split()[1].rstrip("!") for l in queue_list(arch).splitlines() if l.startswith("outgoing-1")][0]
+    arch.palisade("queue", "hold", qid)
+    assert f"{qid}!" in queue_list(arch)
+    arch.palisade("queue", "release", qid)
+    assert f"{qid}!" not in queue_list(arch)
+    show = arch.palisade("queue", "show", qid).stdout
+    assert "held@secure.test" in show
+    arch.palisade("queue", "delete", qid)
+    assert qid not in queue_list(arch)
+    assert arch.palisade("queue", "delete", qid, check=False).returncode != 0
+
+
+def test_kill9_during_slow_delivery_loses_nothing(world):
+    arch, sinks, _, _ = world
+    submit(arch, ["first@implicit.test"])
+    assert wait_for(lambda: "first@implicit.test" in sinks["plain"].rcpts())
+    assert wait_for(lambda: "first@implicit.test" not in queue_list(arch))
+    submit(arch, ["late@slow.test"])
+    assert wait_for(lambda: any(t.upper() == "DATA" for t in sinks["slow"].transcript))
+    arch.kill("outgoing-1")
+    assert not sinks["slow"].messages
+    sinks["slow"].delay = 0.0
+    arch.start("outgoing-1")
+    assert wait_for(lambda: "late@slow.test" in sinks["slow"].rcpts(), timeout=40)
+    assert wait_for(lambda: "late@slow.test" not in queue_list(arch))
+    time.sleep(1)
+    # The confirmed delivery before the crash was not repeated.
+    assert sinks["plain"].rcpts().count("first@implicit.test") == 1
+
+
+def test_connection_reuse_and_domains_in_parallel(world):
+    arch, sinks, _, _ = world
+    for i in range(3):
+        submit(arch, [f"r{i}@implicit.test"])
+        assert wait_for(lambda: f"r{i}@implicit.test" in sinks["plain"].rcpts())
+    ehlos = [t for t in sinks["plain"].transcript if t.upper().startswith("EHLO")]
+    assert len(ehlos) == 1, f"3 messages to one host should share one connection: {ehlos}"
+    # One message, two domains: the fast one does not wait for the slow one.
+    submit(arch, ["p@slow.test", "q@implicit.test"])
+    t0 = time.time()
+    assert wait_for(lambda: "q@implicit.test" in sinks["plain"].rcpts())
+    assert time.time() - t0 < 3.0 and not sinks["slow"].messages
+    assert wait_for(lambda: "p@slow.test" in sinks["slow"].rcpts())
