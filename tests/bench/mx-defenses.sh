@@ -29,8 +29,11 @@ cargo build --release -p palisade-mx -p palisade-cli
 
 WORK=$(mktemp -d /tmp/palisade-bench-defenses.XXXXXX)
 DNS_PORT=$(/usr/bin/python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+# local-ttl: real zones publish TTLs (dnsmasq's default for its own records
+# is 0, which would defeat every resolver cache).
 cat >"$WORK/dnsmasq.conf" <<EOF
 local=/test/
+local-ttl=300
 mx-host=source.test,mx.source.test,10
 host-record=mx.source.test,192.0.2.10
 txt-record=source.test,"v=spf1 ip4:127.0.0.0/8 -all"

@@ -114,7 +114,10 @@ def test_brute_force_is_throttled_and_the_20th_attempt_is_not_checked(msa):
         try:
             with smtplib.SMTP_SSL(*msa.addr("msa-1", "submissions"), context=tls_context(),
                                   timeout=30) as s:
-                s.login(ALICE, password)
+                # One AUTH PLAIN per connection (login() would retry with LOGIN).
+                s.ehlo()
+                s.user, s.password = ALICE, password
+                s.auth("PLAIN", s.auth_plain)
                 outcomes.append(235)
         except smtplib.SMTPAuthenticationError as e:
             outcomes.append(e.smtp_code)
@@ -138,9 +141,32 @@ def test_swaks_submits_like_a_user_would(msa):
         ["swaks", "--server", f"{host}:{port}", "--tls", "--auth", "LOGIN",
          "--auth-user", ALICE, "--auth-password", PASSWORD,
          "--from", ALICE, "--to", BOB, "--header", "Subject: from swaks",
-         "--header", "Message-ID: <swaks@example.test>"],
+         "--header", "X-Test-Id: swaks-1"],
         capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stdout + r.stderr
     assert "235 2.7.0" in r.stdout
     got = wait_for(lambda: pop3_messages(msa, BOB), what="swaks' message")
-    assert message_ids(got) == ["<swaks@example.test>"]
+    assert len(got) == 1 and b"X-Test-Id: swaks-1" in got[0]
+
+
+def test_typo_guard_names_the_domain_the_user_meant(arch_factory, sink):
+    from dns import DnsServer
+
+    zone = ["mx-host=gmail.com,mx.gmail.com,10", "host-record=mx.gmail.com,127.0.0.9",
+            "mx-host=mail.com,mx.mail.com,10", "host-record=mx.mail.com,127.0.0.9"]
+    with DnsServer(zone, local=("com", "test")) as dns:
+        def edit(text):
+            text = to_sink(sink.port)(text)
+            return text.replace("[gateway]\n", f'[gateway]\ndns = "127.0.0.1:{dns.port}"\n', 1)
+        a = arch_factory(edit=edit)
+        a.add_user(ALICE)
+        a.start("store-staff", "store-students", "msa-1")
+        with smtplib.SMTP_SSL(*a.addr("msa-1", "submissions"), context=tls_context(), timeout=30) as s:
+            s.login(ALICE, PASSWORD)
+            s.mail(ALICE)
+            code, text = s.rcpt("friend@gmial.com")
+            assert (code, text[:5]) == (550, b"5.1.2"), (code, text)
+            assert b"friend@gmail.com" in text
+            # The real domains, and a real domain one edit from a known one.
+            assert s.rcpt("friend@gmail.com")[0] == 250
+            assert s.rcpt("friend@mail.com")[0] == 250

@@ -1,7 +1,7 @@
 //! `palisade`: the admin command (shared/SPEC.md §2).
 
-mod dkim;
 mod clamd;
+mod dkim;
 mod quarantine;
 mod queue;
 mod spam;

@@ -43,9 +43,8 @@ pub fn run(args: UpArgs) -> Result<ExitCode> {
     let (source, path, text) = read_config(&args)?;
     // The flags patch the file's text (comments and all): the nodes read
     // exactly what the admin wrote, plus these two keys.
-    let mut doc: toml_edit::DocumentMut = text
-        .parse()
-        .with_context(|| format!("parsing {source}"))?;
+    let mut doc: toml_edit::DocumentMut =
+        text.parse().with_context(|| format!("parsing {source}"))?;
     if let Some(d) = &args.data_dir {
         doc["gateway"]["data_dir"] = toml_edit::value(d.display().to_string());
     }
@@ -116,8 +115,8 @@ fn read_config(args: &UpArgs) -> Result<(String, Option<PathBuf>, String)> {
     };
     match path {
         Some(p) => {
-            let text = std::fs::read_to_string(&p)
-                .with_context(|| format!("reading {}", p.display()))?;
+            let text =
+                std::fs::read_to_string(&p).with_context(|| format!("reading {}", p.display()))?;
             Ok((p.display().to_string(), Some(p), text))
         }
         None => Ok((

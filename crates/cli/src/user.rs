@@ -154,7 +154,10 @@ fn change(cmd: UserCommand) -> Result<ExitCode> {
         } => {
             let cfg = crate::load_config(&config.config)?;
             if cfg.local_domain(&alias).is_none() {
-                bail!("{alias} is not in a local domain of {}", config.config.display());
+                bail!(
+                    "{alias} is not in a local domain of {}",
+                    config.config.display()
+                );
             }
             directory(&cfg)?.add_alias(&alias, &address)?;
             println!("{alias} now delivers to {address}");

@@ -58,6 +58,29 @@ pub enum ScannerUnavailable {
     AcceptTagged,
 }
 
+/// `[stage.mx.cut_through]`: the MX holds the client's reply to DATA
+/// until the next stage (antivirus) has taken or refused the message,
+/// so an infected message is refused with a 5xx to the client instead of
+/// being quarantined after a 250.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CutThroughSettings {
+    pub enabled: bool,
+    /// How long the client waits for the next stage. Past it (or when the
+    /// next stage is down or tempfails), the MX queues the message as
+    /// usual and answers 250: nothing is lost, the scan happens later.
+    pub deadline: Seconds,
+}
+
+impl Default for CutThroughSettings {
+    fn default() -> Self {
+        CutThroughSettings {
+            enabled: false,
+            deadline: Seconds(30.0),
+        }
+    }
+}
+
 /// `[stage.antispam.spam]`: scoring and per-flow actions.
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]

@@ -12,7 +12,9 @@ mod model;
 mod outbound;
 mod validate;
 
-pub use content::{ScannerUnavailable, SpamRule, SpamSettings, VirusSettings};
+pub use content::{
+    CutThroughSettings, ScannerUnavailable, SpamRule, SpamSettings, VirusSettings,
+};
 pub use duration::Seconds;
 pub use mechanisms::*;
 pub use model::*;

@@ -201,6 +201,20 @@ pub struct SubmissionSettings {
     /// Leave the submitting client's IP out of the Received header (users
     /// submit from home; their address is nobody else's business).
     pub hide_client_ip: bool,
+    /// Recipient domains one edit away from a well-known or recently used
+    /// domain and without a mail server: "reject" (550 5.1.2 naming the
+    /// likely domain), "warn" (log only) or "off".
+    pub typo_guard: TypoGuardMode,
+    /// Domains added to the guard's built-in list of well-known ones.
+    pub known_domains: Vec<String>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum TypoGuardMode {
+    Off,
+    Warn,
+    Reject,
 }
 
 impl Default for SubmissionSettings {
@@ -211,6 +225,8 @@ impl Default for SubmissionSettings {
             auth_failure_window: Seconds(60.0),
             check_header_from: true,
             hide_client_ip: true,
+            typo_guard: TypoGuardMode::Reject,
+            known_domains: Vec::new(),
         }
     }
 }

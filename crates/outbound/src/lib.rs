@@ -14,7 +14,8 @@ pub mod bounce;
 pub mod deliver;
 pub mod dkim;
 pub mod dsn;
-pub mod resolve;
+/// Resolution lives in `palisade-dns`, shared with the other stages.
+pub use palisade_dns as resolve;
 pub mod tls_policy;
 
 pub use deliver::Deliverer;

@@ -19,6 +19,7 @@ use palisade_config::{Mechanisms, StageKind};
 use palisade_smtp_proto::Reply;
 use tracing::warn;
 
+use crate::mechanisms::dm10_connections::Connections;
 use crate::mechanisms::dm11_rates::ClientRates;
 use crate::mechanisms::dm18_lists::{Listed, Lists};
 use crate::mechanisms::dm20_dnsbl::Dnsbl;
@@ -28,9 +29,7 @@ use crate::mechanisms::dm27_spamtraps::Spamtraps;
 use crate::mechanisms::dm33_data_rate::{self, RateVerdict};
 use crate::mechanisms::dm34_sender_rate::SenderRate;
 use crate::mechanisms::dm36_bad_rcpt::{self, Throttle};
-use crate::mechanisms::{
-    dm10_connections, dm17_rfc2505, dm19_mta_rules, dm30_dm31_auth, dm7_relay_access,
-};
+use crate::mechanisms::{dm17_rfc2505, dm19_mta_rules, dm30_dm31_auth, dm7_relay_access};
 use crate::net::{client_network, Network};
 use crate::resolver::Dns;
 
@@ -117,6 +116,7 @@ pub struct Policy {
     rules: Option<Rules>,
     traps: Option<Spamtraps>,
     rates: Option<ClientRates>,
+    connections: Option<Connections>,
     sender_rate: Option<SenderRate>,
     sessions: Mutex<HashMap<u64, SessionState>>,
     last_prune: Mutex<Instant>,
@@ -193,6 +193,7 @@ impl Policy {
             rules: on(&m.dm23_regex).map(Rules::new).transpose()?,
             traps: on(&m.dm27_spamtraps).map(Spamtraps::new),
             rates: on(&m.dm11_rates).map(ClientRates::new),
+            connections: on(&m.dm10_connections).map(|c| Connections::new(c.per_client, c.total)),
             sender_rate: on(&m.dm34_sender_rate).map(SenderRate::new),
             sessions: Mutex::default(),
             last_prune: Mutex::new(Instant::now()),
@@ -310,22 +311,15 @@ impl Policy {
         }
         // Postfix exempts mynetworks from its client limits
         // (smtpd_client_event_limit_exceptions); so do we, via `trusted`.
-        if let Some(l) = on(&self.m.dm10_connections) {
-            if let Some((from_client, total)) = dm10_connections::count_established(c.local, ip) {
-                if from_client > l.per_client || total > l.total {
-                    let reply = Reply::closing_policy(if from_client > l.per_client {
-                        format!("Too many connections from {ip}")
-                    } else {
-                        "Too many connections".to_string()
-                    });
-                    return self.refused(
-                        c,
-                        Refusal {
-                            mechanism: "DM10",
-                            reply,
-                        },
-                    );
-                }
+        if let Some(conns) = &self.connections {
+            if let Some(reply) = conns.admit(c.local, c.peer) {
+                return self.refused(
+                    c,
+                    Refusal {
+                        mechanism: "DM10",
+                        reply,
+                    },
+                );
             }
         }
         if let Some(rates) = &self.rates {

@@ -65,7 +65,13 @@ pub trait Hooks: Send + Sync + 'static {
         _user: &str,
         _password: &str,
     ) -> impl Future<Output = Result<String, Reply>> + Send {
-        async { Err(Reply::enhanced(535, (5, 7, 8), "Authentication credentials invalid")) }
+        async {
+            Err(Reply::enhanced(
+                535,
+                (5, 7, 8),
+                "Authentication credentials invalid",
+            ))
+        }
     }
     /// A valid MAIL in sequence, after the SIZE and XORIGIN checks.
     fn on_mail(

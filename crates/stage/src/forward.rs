@@ -211,8 +211,14 @@ impl Forwarder {
     fn with_trace_header(&self, envelope: &Envelope, body: &[u8]) -> Vec<u8> {
         let id = envelope.id.to_string();
         let hide_ip = self.hide_client_ip;
+        // An address-literal HELO ([192.0.2.1]) would reveal the IP too.
+        let helo = if hide_ip && envelope.client.helo.starts_with('[') {
+            "unknown"
+        } else {
+            &envelope.client.helo
+        };
         let header = received_header(&Hop {
-            helo: &envelope.client.helo,
+            helo,
             peer: if hide_ip { "" } else { &envelope.client.peer },
             hostname: &self.ctx.config.gateway.hostname,
             node: &self.ctx.node_name,

@@ -53,7 +53,11 @@ pub struct Router {
 }
 
 impl Router {
-    pub fn route(mut self, path: &'static str, h: impl Fn(&Request) -> Response + Send + Sync + 'static) -> Self {
+    pub fn route(
+        mut self,
+        path: &'static str,
+        h: impl Fn(&Request) -> Response + Send + Sync + 'static,
+    ) -> Self {
         self.routes.insert(path, Arc::new(h));
         self
     }
@@ -82,7 +86,8 @@ pub fn spawn(addr: SocketAddr, router: Router) {
             };
             let router = router.clone();
             tokio::spawn(async move {
-                let _ = tokio::time::timeout(Duration::from_secs(10), serve_one(sock, &router)).await;
+                let _ =
+                    tokio::time::timeout(Duration::from_secs(10), serve_one(sock, &router)).await;
             });
         }
     });
@@ -138,7 +143,11 @@ async fn serve_one(mut sock: TcpStream, router: &Router) -> std::io::Result<()> 
 }
 
 /// A minimal client for our own endpoints: status and body.
-pub async fn request(addr: SocketAddr, method: &str, path: &str) -> std::io::Result<(u16, Vec<u8>)> {
+pub async fn request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+) -> std::io::Result<(u16, Vec<u8>)> {
     let fut = async {
         let mut sock = TcpStream::connect(addr).await?;
         let req = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");

@@ -16,6 +16,7 @@ pub mod replica;
 pub mod runtime;
 pub mod submission;
 pub mod tls;
+pub mod typo;
 
 pub use palisade_config::StageKind;
 pub use runtime::{run_relay_stage, run_stage_with_deliverer, NodeContext, StageArgs};

@@ -8,7 +8,6 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::sync::{Arc, Mutex};
 
-
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Kind {
     Counter,

@@ -136,7 +136,11 @@ impl Replica {
     }
 
     /// Checks a login against the replica (MSA).
-    pub fn verify_password(&self, address: &str, password: &str) -> Result<Option<User>, MailboxError> {
+    pub fn verify_password(
+        &self,
+        address: &str,
+        password: &str,
+    ) -> Result<Option<User>, MailboxError> {
         self.directory.verify_password(address, password)
     }
 
@@ -159,7 +163,12 @@ impl Replica {
             match self.pull(store, *addr, &have).await {
                 Ok(()) => ok += 1,
                 Err(e) => {
-                    let was_fresh = self.state.lock().unwrap().get(store).is_some_and(|s| s.synced_at > 0);
+                    let was_fresh = self
+                        .state
+                        .lock()
+                        .unwrap()
+                        .get(store)
+                        .is_some_and(|s| s.synced_at > 0);
                     if was_fresh {
                         warn!("directory replica: {store} ({addr}) unreachable: {e:#}");
                     }
@@ -170,20 +179,33 @@ impl Replica {
     }
 
     async fn pull(&self, store: &str, addr: SocketAddr, have: &str) -> Result<()> {
-        let (status, body) = crate::http::request(addr, "GET", &format!("/directory?have={have}")).await?;
+        let (status, body) =
+            crate::http::request(addr, "GET", &format!("/directory?have={have}")).await?;
         match status {
             304 => {}
             200 => {
                 let snap: Snapshot = serde_json::from_slice(&body).context("bad snapshot")?;
-                anyhow::ensure!(snap.store == store, "{addr} serves {} not {store}", snap.store);
+                anyhow::ensure!(
+                    snap.store == store,
+                    "{addr} serves {} not {store}",
+                    snap.store
+                );
                 let directory = self.directory.clone();
                 let users = snap.users;
                 let n = users.len();
                 let name = store.to_string();
                 tokio::task::spawn_blocking(move || directory.replace_store_users(&name, &users))
                     .await??;
-                info!("directory replica: {n} users of {store} at version {}", snap.version);
-                self.state.lock().unwrap().entry(store.to_string()).or_default().version = snap.version;
+                info!(
+                    "directory replica: {n} users of {store} at version {}",
+                    snap.version
+                );
+                self.state
+                    .lock()
+                    .unwrap()
+                    .entry(store.to_string())
+                    .or_default()
+                    .version = snap.version;
             }
             other => anyhow::bail!("HTTP {other}"),
         }
@@ -240,7 +262,11 @@ pub fn serve_snapshot(
     };
     // The directory version, plus which mailboxes are full (a delivery
     // changes that without a directory change).
-    let full: Vec<&str> = users.iter().filter(|u| u.over_quota).map(|u| u.address.as_str()).collect();
+    let full: Vec<&str> = users
+        .iter()
+        .filter(|u| u.over_quota)
+        .map(|u| u.address.as_str())
+        .collect();
     let version = format!(
         "{}-{:016x}",
         directory.version().unwrap_or(0),
@@ -261,7 +287,9 @@ pub fn serve_snapshot(
 }
 
 fn fnv1a(bytes: &[u8]) -> u64 {
-    bytes.iter().fold(0xcbf29ce484222325, |h, &b| (h ^ b as u64).wrapping_mul(0x100000001b3))
+    bytes.iter().fold(0xcbf29ce484222325, |h, &b| {
+        (h ^ b as u64).wrapping_mul(0x100000001b3)
+    })
 }
 
 /// Tells every MX and MSA node that the directory changed (best effort:

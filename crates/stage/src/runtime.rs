@@ -15,10 +15,11 @@ use tracing::{error, info};
 use crate::filter::MessageFilter;
 use crate::forward::Forwarder;
 use crate::http::{Response, Router};
-use crate::replica::Replica;
-use crate::submission::SubmissionIntake;
 use crate::intake::RelayIntake;
 use crate::metrics::Metrics;
+use crate::replica::Replica;
+use crate::submission::SubmissionIntake;
+use crate::typo::TypoGuard;
 
 /// Every stage binary takes the same two arguments (SPEC §2).
 #[derive(Parser, Debug)]
@@ -283,7 +284,15 @@ async fn relay_main(ctx: Arc<NodeContext>, filter: Option<Arc<dyn MessageFilter>
     }
     match (ctx.stage, replica) {
         (StageKind::Msa, Some(replica)) => {
-            let submission = SubmissionIntake::new(intake, replica, ctx.settings().submission);
+            let settings = ctx.settings().submission;
+            let typo = match settings.typo_guard {
+                palisade_config::TypoGuardMode::Off => None,
+                _ => Some(TypoGuard::new(
+                    palisade_dns::DnsResolver::new(ctx.config.gateway.dns)?,
+                    &settings.known_domains,
+                )),
+            };
+            let submission = SubmissionIntake::new(intake, replica, settings, typo);
             spawn_listeners(&ctx.node_name, listeners, Arc::new(submission));
         }
         _ => spawn_listeners(&ctx.node_name, listeners, intake),
@@ -358,7 +367,11 @@ pub fn queue_admin_routes(router: Router, queue: &Queue) -> Router {
             if req.method != "POST" {
                 return Response::text(405, "use POST\n");
             }
-            let Some(id) = req.query.get("id").and_then(|i| i.parse::<palisade_queue::QueueId>().ok()) else {
+            let Some(id) = req
+                .query
+                .get("id")
+                .and_then(|i| i.parse::<palisade_queue::QueueId>().ok())
+            else {
                 return Response::text(400, "missing or bad id\n");
             };
             // The handler is synchronous; the queue's writer is another

@@ -12,28 +12,36 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use palisade_config::SubmissionSettings;
+use palisade_config::{SubmissionSettings, TypoGuardMode};
 use palisade_smtp_proto::{MailParams, RcptParams, Reply};
 use palisade_smtp_server::{Envelope, Hooks, SessionInfo};
 use tracing::{info, warn};
 
 use crate::intake::RelayIntake;
 use crate::replica::Replica;
+use crate::typo::TypoGuard;
 
 pub struct SubmissionIntake {
     pub relay: Arc<RelayIntake>,
     pub replica: Arc<Replica>,
     pub settings: SubmissionSettings,
+    pub typo: Option<TypoGuard>,
     /// Recent failed AUTH attempts by `ip:…` and `user:…` key.
     failures: Mutex<HashMap<String, VecDeque<Instant>>>,
 }
 
 impl SubmissionIntake {
-    pub fn new(relay: Arc<RelayIntake>, replica: Arc<Replica>, settings: SubmissionSettings) -> Self {
+    pub fn new(
+        relay: Arc<RelayIntake>,
+        replica: Arc<Replica>,
+        settings: SubmissionSettings,
+        typo: Option<TypoGuard>,
+    ) -> Self {
         SubmissionIntake {
             relay,
             replica,
             settings,
+            typo,
             failures: Mutex::default(),
         }
     }
@@ -63,7 +71,9 @@ impl SubmissionIntake {
             all.retain(|_, l| l.back().is_some_and(|t| t.elapsed() <= window));
         }
         for k in keys {
-            all.entry(k.to_string()).or_default().push_back(Instant::now());
+            all.entry(k.to_string())
+                .or_default()
+                .push_back(Instant::now());
         }
     }
 
@@ -102,7 +112,10 @@ impl Hooks for SubmissionIntake {
         // Past the limit the attempt is not even checked: guessing gets
         // nothing, and the answer is the same whether the account exists.
         if self.recent_failures(&ip_key) >= max || self.recent_failures(&user_key) >= max {
-            warn!("session {} from {}: AUTH throttled (too many failures)", s.id, s.peer);
+            warn!(
+                "session {} from {}: AUTH throttled (too many failures)",
+                s.id, s.peer
+            );
             self.count("throttled");
             return Err(Reply::enhanced(
                 421,
@@ -121,7 +134,11 @@ impl Hooks for SubmissionIntake {
             Ok(Err(e)) => {
                 warn!("AUTH check for {user} failed: {e}");
                 self.count("error");
-                Err(Reply::enhanced(454, (4, 7, 0), "Temporary authentication failure"))
+                Err(Reply::enhanced(
+                    454,
+                    (4, 7, 0),
+                    "Temporary authentication failure",
+                ))
             }
             Ok(Ok(None)) | Err(_) => {
                 self.record_failure(&[&ip_key, &user_key]);
@@ -139,7 +156,10 @@ impl Hooks for SubmissionIntake {
         };
         if !from.is_empty() && !self.owns(user, from) {
             self.count("sender-mismatch");
-            info!("session {} from {}: {user} may not send as <{from}>", s.id, s.peer);
+            info!(
+                "session {} from {}: {user} may not send as <{from}>",
+                s.id, s.peer
+            );
             return Err(Reply::enhanced(
                 553,
                 (5, 7, 1),
@@ -149,8 +169,37 @@ impl Hooks for SubmissionIntake {
         self.relay.on_mail(s, from, params).await
     }
 
-    async fn on_rcpt(&self, s: &SessionInfo, env: &Envelope, to: &str, p: &RcptParams) -> Result<(), Reply> {
-        self.relay.on_rcpt(s, env, to, p).await
+    async fn on_rcpt(
+        &self,
+        s: &SessionInfo,
+        env: &Envelope,
+        to: &str,
+        p: &RcptParams,
+    ) -> Result<(), Reply> {
+        let domain = to.rsplit_once('@').map(|(_, d)| d).unwrap_or("");
+        let remote = self.relay.ctx.config.local_domain(to).is_none();
+        if let (Some(guard), true) = (&self.typo, remote) {
+            if let Some(meant) = guard.suggestion(domain).await {
+                self.count("typo");
+                let local = to.rsplit_once('@').map(|(l, _)| l).unwrap_or(to);
+                info!(
+                    "session {} from {}: <{to}> looks like a typo of {meant}",
+                    s.id, s.peer
+                );
+                if self.settings.typo_guard == TypoGuardMode::Reject {
+                    return Err(Reply::enhanced(
+                        550,
+                        (5, 1, 2),
+                        format!("<{to}>: domain {domain} has no mail server; did you mean <{local}@{meant}>?"),
+                    ));
+                }
+            }
+        }
+        self.relay.on_rcpt(s, env, to, p).await?;
+        if let (Some(guard), true) = (&self.typo, remote) {
+            guard.used(domain);
+        }
+        Ok(())
     }
 
     async fn on_message(&self, s: &SessionInfo, env: Envelope, message: Vec<u8>) -> Reply {
@@ -230,7 +279,10 @@ mod tests {
     #[test]
     fn from_header_addresses() {
         let m = b"Subject: x\r\nFrom: \"Doe, Ann\" <Ann@Example.test>,\r\n bob@example.test (Bob)\r\nTo: c@d\r\n\r\nFrom: evil@x\r\n";
-        assert_eq!(header_from_addresses(m), vec!["ann@example.test", "bob@example.test"]);
+        assert_eq!(
+            header_from_addresses(m),
+            vec!["ann@example.test", "bob@example.test"]
+        );
         assert!(header_from_addresses(b"Subject: none\r\n\r\n").is_empty());
     }
 }

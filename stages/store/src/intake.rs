@@ -1,8 +1,8 @@
 //! SMTP intake of the store: recipient and quota checks at RCPT, durable
 //! delivery into the mailboxes before the 250.
 
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::collections::HashSet;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
@@ -89,7 +89,11 @@ impl StoreIntake {
         if !(after >= level && after.saturating_sub(size) < level) {
             return;
         }
-        let domain = user.address.rsplit_once('@').map(|(_, d)| d).unwrap_or("localhost");
+        let domain = user
+            .address
+            .rsplit_once('@')
+            .map(|(_, d)| d)
+            .unwrap_or("localhost");
         let notice = format!(
             "From: Mail system <postmaster@{domain}>\r\nTo: <{addr}>\r\n\
              Subject: Your mailbox is {pct}% full\r\nDate: {date}\r\n\
@@ -109,7 +113,10 @@ impl StoreIntake {
             .deliver_async(&user.address, "INBOX", None, notice.into_bytes(), 0)
             .await
         {
-            Ok(_) => info!("to=<{}>: quota warning filed ({after} of {} bytes)", user.address, user.quota_bytes),
+            Ok(_) => info!(
+                "to=<{}>: quota warning filed ({after} of {} bytes)",
+                user.address, user.quota_bytes
+            ),
             Err(e) => warn!("to=<{}>: quota warning not filed: {e}", user.address),
         }
     }

@@ -62,7 +62,11 @@ where
             Ok(identity) => {
                 tracing::info!(peer = %self.info.peer, user = %identity, "authenticated");
                 self.info.auth_user = Some(identity);
-                self.reply(&Reply::enhanced(235, (2, 7, 0), "Authentication successful"))
+                self.reply(&Reply::enhanced(
+                    235,
+                    (2, 7, 0),
+                    "Authentication successful",
+                ))
             }
             Err(reply) => self.reply(&reply),
         }
@@ -70,7 +74,10 @@ where
 
     /// PLAIN: `authzid NUL authcid NUL passwd`, base64, in the initial
     /// response or after an empty 334 challenge.
-    async fn sasl_plain(&mut self, initial: Option<String>) -> Result<Option<(String, String)>, Stop> {
+    async fn sasl_plain(
+        &mut self,
+        initial: Option<String>,
+    ) -> Result<Option<(String, String)>, Stop> {
         let response = match initial {
             Some(r) => r,
             None => match self.sasl_response("").await? {
@@ -90,10 +97,17 @@ where
         };
         // Acting for another identity (proxy authorisation) is not offered.
         if !authzid.is_empty() && authzid != authcid {
-            self.reply(&Reply::enhanced(535, (5, 7, 8), "Authentication credentials invalid"))?;
+            self.reply(&Reply::enhanced(
+                535,
+                (5, 7, 8),
+                "Authentication credentials invalid",
+            ))?;
             return Ok(None);
         }
-        match (String::from_utf8(authcid.to_vec()), String::from_utf8(passwd.to_vec())) {
+        match (
+            String::from_utf8(authcid.to_vec()),
+            String::from_utf8(passwd.to_vec()),
+        ) {
             (Ok(u), Ok(p)) => Ok(Some((u, p))),
             _ => {
                 self.reply(&malformed())?;
@@ -103,7 +117,10 @@ where
     }
 
     /// LOGIN: the user name and the password, each after its own 334.
-    async fn sasl_login(&mut self, initial: Option<String>) -> Result<Option<(String, String)>, Stop> {
+    async fn sasl_login(
+        &mut self,
+        initial: Option<String>,
+    ) -> Result<Option<(String, String)>, Stop> {
         let user = match initial {
             Some(r) => r,
             None => match self.sasl_response("VXNlcm5hbWU6").await? {
