@@ -260,3 +260,77 @@ fn other_process_writes_are_visible() {
         .unwrap();
     assert_eq!(d.version().unwrap(), 4);
 }
+
+/// How an MX/MSA replica takes in a store's snapshot: that store's users
+/// are replaced as a whole (deleted users and aliases disappear), other
+/// stores' users are untouched, and hashes and flags are copied as sent.
+#[test]
+fn replica_replaces_one_stores_users() {
+    let master_dir = TempDir::new("dir-master");
+    let replica_dir = TempDir::new("dir-replica");
+    let master = Directory::open(master_dir.path()).unwrap();
+    let replica = Directory::open(replica_dir.path()).unwrap();
+    master
+        .add_user("ann@example.test", "password one", 0, "store-staff")
+        .unwrap();
+    master
+        .add_user("bob@example.test", "password two", 500, "store-staff")
+        .unwrap();
+    master
+        .add_alias("info@example.test", "ann@example.test")
+        .unwrap();
+    replica
+        .add_user(
+            "sam@students.example.test",
+            "password six",
+            0,
+            "store-students",
+        )
+        .unwrap();
+
+    let mut staff: Vec<_> = master.list().unwrap();
+    staff[1].over_quota = true;
+    replica.replace_store_users("store-staff", &staff).unwrap();
+    assert_eq!(
+        replica
+            .lookup("info@example.test")
+            .unwrap()
+            .unwrap()
+            .address,
+        "ann@example.test"
+    );
+    assert!(
+        replica
+            .lookup("bob@example.test")
+            .unwrap()
+            .unwrap()
+            .over_quota
+    );
+    assert!(replica
+        .verify_password("ann@example.test", "password one")
+        .unwrap()
+        .is_some());
+    assert!(replica
+        .lookup("sam@students.example.test")
+        .unwrap()
+        .is_some());
+
+    // Bob and the alias are gone at the source: gone in the replica too.
+    let only_ann: Vec<_> = staff
+        .into_iter()
+        .take(1)
+        .map(|mut u| {
+            u.aliases.clear();
+            u
+        })
+        .collect();
+    replica
+        .replace_store_users("store-staff", &only_ann)
+        .unwrap();
+    assert!(replica.lookup("bob@example.test").unwrap().is_none());
+    assert!(replica.lookup("info@example.test").unwrap().is_none());
+    assert!(replica
+        .lookup("sam@students.example.test")
+        .unwrap()
+        .is_some());
+}

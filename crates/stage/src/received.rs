@@ -110,7 +110,7 @@ mod tests {
         assert_eq!(
             h,
             "Received: from client.example ([127.0.0.1])\r\n\tby mail.example.test (Palisade mx-1) \
-             with ESMTPS id 00000000ABCD\r\n\tfor <bob@example.test>; Mon, 18 Nov 2026 17:46:40 +0000\r\n"
+             with ESMTPS id 00000000ABCD\r\n\tfor <bob@example.test>; Wed, 18 Nov 2026 11:06:40 +0000\r\n"
         );
     }
 
