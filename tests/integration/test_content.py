@@ -284,3 +284,46 @@ def test_external_infected_sender_never_gets_a_bounce(arch_factory, sink):
     time.sleep(3)
     assert sink.messages == []
     assert pop3_messages(arch, USER) == []
+
+
+def cut_through(text):
+    return text.replace(
+        "[stage.mx.limits]",
+        '[stage.mx.cut_through]\nenabled = true\ndeadline = "10s"\n\n'
+        '[stage.mx.queue]\nmin_retry = "1s"\nmax_retry = "2s"\n\n[stage.mx.limits]', 1)
+
+
+def test_cut_through_refuses_eicar_at_end_of_data_and_never_stores_it(arch_factory):
+    arch = arch_factory(edit=cut_through)
+    arch.add_user(USER)
+    arch.start(*FLOW1)
+    infected, _ = new_message("eicar cut-through", attachment=("eicar.com", EICAR.encode(), "application", "octet-stream"))
+    with pytest.raises(smtplib.SMTPDataError) as refused:
+        send(arch, infected)
+    assert refused.value.smtp_code == 550
+    assert refused.value.smtp_error.startswith(b"5.7.1"), refused.value.smtp_error
+    assert b"Eicar" in refused.value.smtp_error
+    # Kept by the antivirus stage (for the postmaster), never in a mailbox.
+    assert len(quarantine(arch)) == 1
+    clean, clean_id = new_message("clean cut-through")
+    assert send(arch, clean) == {}
+    got = wait_for(lambda: pop3_messages(arch, USER), what="clean delivery")
+    assert message_ids(got) == [clean_id]
+    # mx-1 queued nothing: the antivirus stage took the message directly.
+    assert "passed on to" in arch.log("mx-1")
+    assert "nrcpt=" not in arch.log("mx-1"), "mx-1 enqueued a message"
+    time.sleep(1)
+    assert message_ids(pop3_messages(arch, USER)) == [clean_id]
+
+
+def test_cut_through_with_antivirus_down_queues_and_delivers_later(arch_factory):
+    arch = arch_factory(edit=cut_through)
+    arch.add_user(USER)
+    arch.start(*FLOW1)
+    arch.kill("antivirus-1")
+    clean, clean_id = new_message("while antivirus is down")
+    assert send(arch, clean) == {}  # accepted and queued at mx-1
+    assert pop3_messages(arch, USER) == []
+    arch.start("antivirus-1")
+    got = wait_for(lambda: pop3_messages(arch, USER), timeout=60, what="delivery after antivirus is back")
+    assert message_ids(got) == [clean_id]

@@ -242,3 +242,38 @@ pub(crate) fn validate(config: &Config, problems: &mut Vec<Problem>) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    const BASE: &str = "[gateway]\nhostname = \"mx.example.test\"\n[node.mx-1]\nstage = \"mx\"\nsmtp = \"127.0.0.1:2525\"\n[stage.mx]\nrelay = [\"127.0.0.1:2626\"]\n";
+
+    fn errors(extra: &str) -> Vec<String> {
+        match crate::parse(Path::new("t.toml"), &format!("{BASE}{extra}")) {
+            Ok(_) => Vec::new(),
+            Err(e) => {
+                e.0.iter()
+                    .map(|e| format!("{}: {}", e.key, e.message))
+                    .collect()
+            }
+        }
+    }
+
+    #[test]
+    fn content_defaults_are_valid_and_point_at_the_data_dir() {
+        assert!(errors("").is_empty());
+        let c = crate::parse(Path::new("t.toml"), BASE).unwrap();
+        assert!(c.clamd_addresses()[0].ends_with("data/clamd/clamd.sock"));
+        assert!(c.bayes_db_dir().ends_with("antispam/bayes"));
+        assert!(!c.settings(crate::StageKind::Mx).cut_through.enabled);
+    }
+
+    #[test]
+    fn bad_clamd_address_and_inverted_thresholds_are_errors() {
+        let e = errors("[stage.antivirus.virus]\nclamd = [\"nowhere\", \"unix:/run/clamd.sock\"]\n[stage.antispam.spam]\ntag_threshold = 8.0\nquarantine_threshold = 4.0\n");
+        assert_eq!(e.len(), 2, "{e:?}");
+        assert!(e[0].contains("stage.antivirus.virus.clamd") && e[0].contains("`nowhere`"));
+        assert!(e[1].contains("quarantine_threshold"));
+    }
+}

@@ -174,6 +174,8 @@ pub struct StageSettings {
     pub virus: crate::content::VirusSettings,
     /// Antispam stage: Bayes, rules, thresholds (content.rs).
     pub spam: crate::content::SpamSettings,
+    /// MX: hold the reply to DATA for the antivirus verdict (content.rs).
+    pub cut_through: crate::content::CutThroughSettings,
     /// Outgoing stage: static routes by recipient domain (outbound.rs).
     pub routes: crate::outbound::RouteTable,
     /// Outgoing stage: MX delivery, TLS policy, DKIM, DSN (outbound.rs).
@@ -244,6 +246,7 @@ impl Default for StageSettings {
             verify_recipients: true,
             virus: Default::default(),
             spam: Default::default(),
+            cut_through: Default::default(),
             routes: Default::default(),
             outbound: Default::default(),
             mechanisms: Default::default(),

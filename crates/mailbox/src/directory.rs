@@ -479,7 +479,12 @@ impl Directory {
                 version: u.version,
                 over_quota: u.over_quota,
             };
-            txn.put(i.users, &address, &postcard::to_stdvec(&rec)?, WriteFlags::empty())?;
+            txn.put(
+                i.users,
+                &address,
+                &postcard::to_stdvec(&rec)?,
+                WriteFlags::empty(),
+            )?;
             for alias in &u.aliases {
                 txn.put(i.aliases, alias, &address, WriteFlags::empty())?;
             }

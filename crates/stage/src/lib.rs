@@ -6,6 +6,7 @@
 //! the next stage's pair. What differs between stages (which checks run at
 //! RCPT, what happens to a message on arrival) is passed in by the binary.
 
+pub mod cut_through;
 pub mod filter;
 pub mod forward;
 pub mod http;

@@ -28,28 +28,100 @@ pub fn cert_paths(config: &Config) -> (PathBuf, PathBuf) {
 /// Creates a self-signed certificate for `hostname` unless one exists.
 /// Returns true when it generated one.
 pub fn ensure_self_signed(cert: &Path, key: &Path, hostname: &str) -> Result<bool> {
-    if cert.exists() && key.exists() {
+    let ready = || cert.exists() && key.exists();
+    if ready() {
         return Ok(false);
     }
-    if let Some(dir) = cert.parent() {
-        fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let dir = cert.parent().unwrap_or(Path::new("."));
+    fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    // Several nodes may start at once: one generates, the others wait for
+    // its pair (two generators would leave a key that does not match the
+    // certificate). A lock left by a crashed generator expires.
+    let lock = dir.join(".generating");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        match fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&lock)
+        {
+            Ok(_) => break,
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                if ready() && !lock.exists() {
+                    return Ok(false);
+                }
+                let stale = fs::metadata(&lock)
+                    .and_then(|m| m.modified())
+                    .map(|t| t.elapsed().unwrap_or_default().as_secs() > 20)
+                    .unwrap_or(false);
+                if stale || std::time::Instant::now() > deadline {
+                    let _ = fs::remove_file(&lock);
+                }
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+            Err(e) => return Err(e).with_context(|| format!("creating {}", lock.display())),
+        }
     }
-    let names = vec![hostname.to_string(), "localhost".to_string()];
-    let ck = rcgen::generate_simple_self_signed(names).context("generating a certificate")?;
-    // Write to temporary names and rename, so a concurrent reader never
-    // sees half a file.
-    let tmp_key = key.with_extension("tmp");
-    let tmp_cert = cert.with_extension("tmp");
-    fs::write(&tmp_key, ck.key_pair.serialize_pem())?;
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        fs::set_permissions(&tmp_key, fs::Permissions::from_mode(0o600))?;
+    let result = (|| -> Result<bool> {
+        if ready() {
+            return Ok(false); // another node finished while we waited
+        }
+        let names = vec![hostname.to_string(), "localhost".to_string()];
+        let ck = rcgen::generate_simple_self_signed(names).context("generating a certificate")?;
+        // Temporary names and renames: a reader never sees half a file.
+        let tmp_key = key.with_extension("tmp");
+        let tmp_cert = cert.with_extension("tmp");
+        fs::write(&tmp_key, ck.key_pair.serialize_pem())?;
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            fs::set_permissions(&tmp_key, fs::Permissions::from_mode(0o600))?;
+        }
+        fs::write(&tmp_cert, ck.cert.pem())?;
+        fs::rename(&tmp_key, key)?;
+        fs::rename(&tmp_cert, cert)?;
+        Ok(true)
+    })();
+    let _ = fs::remove_file(&lock);
+    result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Many nodes starting at once end up with one matching pair.
+    #[test]
+    fn concurrent_generation_yields_one_matching_pair() {
+        let dir = std::env::temp_dir().join(format!("palisade-tls-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+        let generated: usize = std::thread::scope(|s| {
+            let handles: Vec<_> = (0..8)
+                .map(|_| s.spawn(|| ensure_self_signed(&cert, &key, "h.test").unwrap()))
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| h.join().unwrap() as usize)
+                .sum()
+        });
+        assert_eq!(generated, 1);
+        let certs: Vec<CertificateDer<'static>> =
+            rustls_pemfile::certs(&mut BufReader::new(fs::File::open(&cert).unwrap()))
+                .collect::<Result<_, _>>()
+                .unwrap();
+        let k = rustls_pemfile::private_key(&mut BufReader::new(fs::File::open(&key).unwrap()))
+            .unwrap()
+            .unwrap();
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(certs, k)
+            .expect("key matches certificate");
+        let _ = fs::remove_dir_all(&dir);
     }
-    fs::write(&tmp_cert, ck.cert.pem())?;
-    fs::rename(&tmp_key, key)?;
-    fs::rename(&tmp_cert, cert)?;
-    Ok(true)
 }
 
 /// The server-side TLS configuration for this architecture.
