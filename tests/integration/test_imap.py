@@ -68,6 +68,9 @@ def start(arch):
 def test_read_search_flag_move_expunge_with_imaplib(arch):
     start(arch)
     _, msgid = send(arch, USER, "imap one", "First body line.\r\nkeyword: pelican\r\n")
+    # Two messages may take different paths through the pairs; wait so the
+    # sequence numbers below are known.
+    wait_for(lambda: inbox_count(arch) == 1, what="the first message in INBOX")
     send(arch, USER, "imap two", "Second.\r\n")
     wait_for(lambda: inbox_count(arch) == 2, what="two messages in INBOX")
 
