@@ -86,6 +86,30 @@ pub fn ensure_self_signed(cert: &Path, key: &Path, hostname: &str) -> Result<boo
     result
 }
 
+/// The server-side TLS configuration for this architecture.
+pub fn server_config(config: &Config) -> Result<Arc<rustls::ServerConfig>> {
+    let (cert, key) = cert_paths(config);
+    if config.gateway.tls_cert.is_none() {
+        ensure_self_signed(&cert, &key, &config.gateway.hostname)?;
+    }
+    let certs: Vec<CertificateDer<'static>> = rustls_pemfile::certs(&mut BufReader::new(
+        fs::File::open(&cert).with_context(|| format!("opening {}", cert.display()))?,
+    ))
+    .collect::<Result<_, _>>()
+    .with_context(|| format!("reading {}", cert.display()))?;
+    let key: PrivateKeyDer<'static> = rustls_pemfile::private_key(&mut BufReader::new(
+        fs::File::open(&key).with_context(|| format!("opening {}", key.display()))?,
+    ))?
+    .ok_or_else(|| anyhow!("no private key in {}", key.display()))?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let cfg = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .context("certificate and key do not match")?;
+    Ok(Arc::new(cfg))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -122,28 +146,4 @@ mod tests {
             .expect("key matches certificate");
         let _ = fs::remove_dir_all(&dir);
     }
-}
-
-/// The server-side TLS configuration for this architecture.
-pub fn server_config(config: &Config) -> Result<Arc<rustls::ServerConfig>> {
-    let (cert, key) = cert_paths(config);
-    if config.gateway.tls_cert.is_none() {
-        ensure_self_signed(&cert, &key, &config.gateway.hostname)?;
-    }
-    let certs: Vec<CertificateDer<'static>> = rustls_pemfile::certs(&mut BufReader::new(
-        fs::File::open(&cert).with_context(|| format!("opening {}", cert.display()))?,
-    ))
-    .collect::<Result<_, _>>()
-    .with_context(|| format!("reading {}", cert.display()))?;
-    let key: PrivateKeyDer<'static> = rustls_pemfile::private_key(&mut BufReader::new(
-        fs::File::open(&key).with_context(|| format!("opening {}", key.display()))?,
-    ))?
-    .ok_or_else(|| anyhow!("no private key in {}", key.display()))?;
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let cfg = rustls::ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()?
-        .with_no_client_auth()
-        .with_single_cert(certs, key)
-        .context("certificate and key do not match")?;
-    Ok(Arc::new(cfg))
 }
