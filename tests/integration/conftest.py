@@ -314,3 +314,46 @@ def sink():
     s = SmtpSink()
     yield s
     s.close()
+
+
+class Raw:
+    """A line-oriented SMTP client that sends exactly the bytes it is told."""
+
+    def __init__(self, addr, read_banner=True, source=None):
+        self.sock = socket.create_connection(
+            addr, timeout=15, source_address=(source, 0) if source else None)
+        self.buf = b""
+        if read_banner:
+            self.banner = self.reply()
+
+    def send(self, data: bytes):
+        self.sock.sendall(data)
+
+    def line(self):
+        while b"\r\n" not in self.buf:
+            chunk = self.sock.recv(65536)
+            if not chunk:
+                raise EOFError(f"connection closed; buffered {self.buf!r}")
+            self.buf += chunk
+        line, self.buf = self.buf.split(b"\r\n", 1)
+        return line.decode()
+
+    def reply(self):
+        lines = [self.line()]
+        while lines[-1][3:4] == "-":
+            lines.append(self.line())
+        return int(lines[0][:3]), "\n".join(l[4:] for l in lines)
+
+    def cmd(self, text):
+        self.send(text.encode() + b"\r\n")
+        return self.reply()
+
+    def closed(self):
+        try:
+            self.sock.settimeout(5)
+            return self.sock.recv(1) == b""
+        except (ConnectionResetError, socket.timeout):
+            return True
+
+    def close(self):
+        self.sock.close()

@@ -8,8 +8,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from conftest import BIN, PASSWORD, Architecture, message_ids, pop3_messages, wait_for, wait_port
-from test_protocol import Raw
+from conftest import Raw, BIN, PASSWORD, Architecture, message_ids, pop3_messages, wait_for, wait_port
 
 
 def pid_of(arch, node):

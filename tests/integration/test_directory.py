@@ -10,9 +10,8 @@ import signal
 import smtplib
 import time
 
-from conftest import PASSWORD, make_message, pop3_messages, wait_for
+from conftest import Raw, PASSWORD, make_message, pop3_messages, wait_for
 from test_chain import fast_retry
-from test_protocol import Raw
 
 USER = "alice@example.test"
 STUDENT = "sam@students.example.test"

@@ -19,7 +19,7 @@ import urllib.request
 
 import pytest
 
-from conftest import BIN, REPO, wait_for
+from conftest import BIN, REPO, Raw, wait_for
 from dns import DkimKey, DnsServer
 
 USER = "alice@example.test"
@@ -155,46 +155,11 @@ def mx(make_mx):
     return make_mx()
 
 
-class Smtp:
-    """A line-oriented SMTP client from a chosen loopback source address."""
+class Smtp(Raw):
+    """conftest's raw client, from a chosen loopback source address."""
 
     def __init__(self, addr, source="127.0.0.5", banner=True):
-        self.sock = socket.create_connection(addr, timeout=15, source_address=(source, 0))
-        self.buf = b""
-        if banner:
-            self.banner = self.reply()
-
-    def send(self, data: bytes):
-        self.sock.sendall(data)
-
-    def line(self):
-        while b"\r\n" not in self.buf:
-            chunk = self.sock.recv(65536)
-            if not chunk:
-                raise EOFError(f"connection closed; buffered {self.buf!r}")
-            self.buf += chunk
-        line, self.buf = self.buf.split(b"\r\n", 1)
-        return line.decode()
-
-    def reply(self):
-        lines = [self.line()]
-        while lines[-1][3:4] == "-":
-            lines.append(self.line())
-        return int(lines[0][:3]), "\n".join(l[4:] for l in lines)
-
-    def cmd(self, text):
-        self.send(text.encode() + b"\r\n")
-        return self.reply()
-
-    def closed(self):
-        try:
-            self.sock.settimeout(5)
-            return self.sock.recv(1) == b""
-        except (ConnectionResetError, socket.timeout):
-            return True
-
-    def close(self):
-        self.sock.close()
+        super().__init__(addr, read_banner=banner, source=source)
 
     def envelope(self, sender, rcpt=USER, helo="client.good.test"):
         assert self.cmd(f"EHLO {helo}")[0] == 250

@@ -4,57 +4,14 @@ The engine's own unit and session tests live in crates/smtp-server; these
 check the same contract end to end against the real palisade-mx binary.
 """
 
-import socket
 import ssl
 import time
 
 import pytest
 
-from conftest import message_ids, pop3_messages, wait_for
+from conftest import Raw, message_ids, pop3_messages, wait_for
 
 USER = "alice@example.test"
-
-
-class Raw:
-    """A line-oriented SMTP client that sends exactly the bytes it is told."""
-
-    def __init__(self, addr, read_banner=True):
-        self.sock = socket.create_connection(addr, timeout=10)
-        self.buf = b""
-        if read_banner:
-            self.banner = self.reply()
-
-    def send(self, data: bytes):
-        self.sock.sendall(data)
-
-    def line(self):
-        while b"\r\n" not in self.buf:
-            chunk = self.sock.recv(65536)
-            if not chunk:
-                raise EOFError(f"connection closed; buffered {self.buf!r}")
-            self.buf += chunk
-        line, self.buf = self.buf.split(b"\r\n", 1)
-        return line.decode()
-
-    def reply(self):
-        lines = [self.line()]
-        while lines[-1][3:4] == "-":
-            lines.append(self.line())
-        return int(lines[0][:3]), "\n".join(l[4:] for l in lines)
-
-    def cmd(self, text):
-        self.send(text.encode() + b"\r\n")
-        return self.reply()
-
-    def closed(self):
-        try:
-            self.sock.settimeout(5)
-            return self.sock.recv(1) == b""
-        except ConnectionResetError:
-            return True
-
-    def close(self):
-        self.sock.close()
 
 
 @pytest.fixture

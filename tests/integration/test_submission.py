@@ -9,8 +9,7 @@ import time
 
 import pytest
 
-from conftest import PASSWORD, message_ids, pop3_messages, wait_for
-from test_protocol import Raw
+from conftest import Raw, PASSWORD, message_ids, pop3_messages, wait_for
 
 ALICE = "alice@example.test"
 BOB = "bob@example.test"
