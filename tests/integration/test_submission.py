@@ -169,3 +169,22 @@ def test_typo_guard_names_the_domain_the_user_meant(arch_factory, sink):
             # The real domains, and a real domain one edit from a known one.
             assert s.rcpt("friend@gmail.com")[0] == 250
             assert s.rcpt("friend@mail.com")[0] == 250
+
+
+def test_a_compromised_account_cannot_send_in_bulk(arch_factory, sink):
+    """DM34 with stage B's settings: messages per (owned) sender per window."""
+    def edit(text):
+        return to_sink(sink.port)(text).replace(
+            "[stage.msa.mechanisms.dm34_sender_rate]    # per (owned) sender address\nmessages = 300",
+            "[stage.msa.mechanisms.dm34_sender_rate]\nmessages = 3")
+    a = arch_factory(edit=edit)
+    a.add_user(ALICE)
+    a.add_user(BOB)
+    a.start("store-staff", "store-students", "msa-1", "antivirus-1", "antispam-1")
+    with smtplib.SMTP_SSL(*a.addr("msa-1", "submissions"), context=tls_context(), timeout=30) as s:
+        s.login(ALICE, PASSWORD)
+        for i in range(3):
+            msg, _ = message(ALICE, BOB, f"bulk {i}")
+            s.sendmail(ALICE, [BOB], msg)
+        code, text = s.mail(ALICE)
+        assert (code, text[:5]) == (450, b"4.7.1"), (code, text)

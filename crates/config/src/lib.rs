@@ -12,9 +12,7 @@ mod model;
 mod outbound;
 mod validate;
 
-pub use content::{
-    CutThroughSettings, ScannerUnavailable, SpamRule, SpamSettings, VirusSettings,
-};
+pub use content::{CutThroughSettings, ScannerUnavailable, SpamRule, SpamSettings, VirusSettings};
 pub use duration::Seconds;
 pub use mechanisms::*;
 pub use model::*;
