@@ -193,6 +193,8 @@ groups=$(awk '{n[$3]++} END{for (m in n) if (n[m] > 1) {g++; c += n[m]}; print g
 log "SpamAssassin msgids: $groups"
 
 SA_FOLDS=${SA_FOLDS:-$(seq 1 "$K")}
+V=${VERIFY_FOLD:-1}
+case " $SA_FOLDS 0 " in *" $V "*) ;; *) echo "VERIFY_FOLD=$V is not among SA_FOLDS"; exit 1 ;; esac
 for i in $SA_FOLDS; do cat "$FOLDS/test$i.txt"; done > "$W/tests"
 log "SpamAssassin folds: $(echo $SA_FOLDS) ($(wc -l < "$W/tests") test messages)"
 
@@ -204,7 +206,6 @@ if [ "${RUN_RULES:-1}" = 1 ]; then
   RULES_JOB=$!
 fi
 
-V=${VERIFY_FOLD:-1}
 if [ "$V" != 0 ]; then
   # From-scratch training on fold V's training set, for the check below; in
   # the background (it is as long as the full training).
@@ -226,6 +227,25 @@ else
   kids_cpu
   log "sa-learn on all $(wc -l < "$CORPUS/all.txt") messages: $(magic "$ALL")cpu $(sum "$KC" "-$c0") s"
 fi
+
+# verify: the forget-derived database of fold V against the one trained from
+# scratch on fold V's training set (right after fold V is scored).
+verify() {
+  wait "$SCRATCH_JOB"
+  local OLD=$W/site-fold$V s tok same
+  log "verify fold $V: forget-derived $(magic "$OLD")| from scratch $(magic "$NEW")"
+  # token table without the access times (they are not used for scoring; expiry is off)
+  for s in OLD NEW; do learn "${!s}" --dump data | awk '{print $1, $2, $3, $5}' | sort > "$W/tokens.$s"; done
+  if cmp -s "$W/tokens.OLD" "$W/tokens.NEW"; then tok="identical token tables ($(wc -l < "$W/tokens.NEW") tokens)"
+  else tok="token tables DIFFER: $(diff "$W/tokens.OLD" "$W/tokens.NEW" | grep -c '^[<>]') lines"; fi
+  give "$W/bayes-scratch"
+  # a spread-out sample: every k-th test message
+  awk -v n="${VERIFY_SAMPLE:-40}" -v t="$(wc -l < "$FOLDS/test$V.txt")" 'NR % int(t / n > 1 ? t / n : 1) == 0' \
+    "$FOLDS/test$V.txt" | head -n "${VERIFY_SAMPLE:-40}" > "$W/sample"
+  score scratch "$NEW" "$W/sample" > /dev/null
+  same=$(awk 'NR==FNR{s[$4]=$3; next} ($4 in s){n++; if (s[$4]==$3) eq++} END{print eq+0 "/" n+0}' "$W/bayes$V.txt" "$W/scratch.txt")
+  log "verify fold $V: $tok; same score on $same sampled test messages"
+}
 
 : > "$OUT/spamassassin-bayes.txt"
 bayes_cpu=0
@@ -249,29 +269,10 @@ for i in $SA_FOLDS; do
   bayes_cpu=$(sum "$bayes_cpu" "$cpu")
   log "$(python3 "$EVAL" "fold $i, SpamAssassin with Bayes" "$W/bayes$i.txt" "$wall" "$cpu" | sed -n 2p)"
   cp "$W/bayes$i.txt" "$OUT/"
+  if [ "$i" = "$V" ]; then verify; fi
 done
 python3 "$EVAL" "SpamAssassin -L with Bayes, folds $(echo $SA_FOLDS)" "$OUT/spamassassin-bayes.txt" 1 "$bayes_cpu" \
   | sed 's/ wall=[^ ]* throughput=[^)]*)//' | tee -a "$SUMMARY"
-
-if [ "$V" != 0 ]; then
-  # The forget-derived database of fold V against one trained from scratch on
-  # fold V's training set.
-  wait "$SCRATCH_JOB"
-  OLD=$W/site-fold$V
-  [ -d "$OLD" ] || { echo "VERIFY_FOLD=$V is not among the scored folds"; exit 1; }
-  log "verify fold $V: forget-derived $(magic "$OLD")| from scratch $(magic "$NEW")"
-  # token table without the access times (they are not used for scoring; expiry is off)
-  for s in OLD NEW; do learn "${!s}" --dump data | awk '{print $1, $2, $3, $5}' | sort > "$W/tokens.$s"; done
-  if cmp -s "$W/tokens.OLD" "$W/tokens.NEW"; then tok="identical token tables ($(wc -l < "$W/tokens.NEW") tokens)"
-  else tok="token tables DIFFER: $(diff "$W/tokens.OLD" "$W/tokens.NEW" | grep -c '^[<>]') lines"; fi
-  give "$W/bayes-scratch"
-  # a spread-out sample: every k-th test message
-  awk -v n="${VERIFY_SAMPLE:-40}" -v t="$(wc -l < "$FOLDS/test$V.txt")" 'NR % int(t / n > 1 ? t / n : 1) == 0' \
-    "$FOLDS/test$V.txt" | head -n "${VERIFY_SAMPLE:-40}" > "$W/sample"
-  score scratch "$NEW" "$W/sample" > /dev/null
-  same=$(awk 'NR==FNR{s[$4]=$3; next} ($4 in s){n++; if (s[$4]==$3) eq++} END{print eq+0 "/" n+0}' "$W/bayes$V.txt" "$W/scratch.txt")
-  log "verify fold $V: $tok; same score on $same sampled test messages"
-fi
 
 if [ "${RUN_RULES:-1}" = 1 ]; then
   wait "$RULES_JOB" || { cat "$W/rules.out"; exit 1; }
