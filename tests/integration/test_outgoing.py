@@ -434,3 +434,26 @@ def test_connection_reuse_and_domains_in_parallel(world):
     assert wait_for(lambda: "q@implicit.test" in sinks["plain"].rcpts())
     assert time.time() - t0 < 3.0 and not sinks["slow"].messages
     assert wait_for(lambda: "p@slow.test" in sinks["slow"].rcpts())
+
+
+def test_kill9_while_slow_domain_sends_does_not_resend_to_fast_domain(world):
+    """One message, a fast and a slow domain: the fast domain's 250 is stored
+    as soon as its transaction ends, so a kill -9 while the slow sink still
+    holds its DATA does not send the fast domain a second copy."""
+    arch, sinks, _, _ = world
+    submit(arch, ["quick@implicit.test", "lagging@slow.test"])
+    assert wait_for(lambda: any(t.upper() == "DATA" for t in sinks["slow"].transcript))
+    # The fast destination finished and was logged (logged after it is stored).
+    assert wait_for(lambda: "to=<quick@implicit.test>" in arch.log("outgoing-1")
+                    and "status=sent" in arch.log("outgoing-1"), timeout=3)
+    assert sinks["plain"].rcpts() == ["quick@implicit.test"]
+    arch.kill("outgoing-1")
+    assert not sinks["slow"].messages, "the kill must come while the slow sink holds DATA"
+    sinks["slow"].delay = 0.0
+    arch.start("outgoing-1")
+    assert wait_for(lambda: "lagging@slow.test" in sinks["slow"].rcpts(), timeout=40)
+    assert wait_for(lambda: "lagging@slow.test" not in queue_list(arch))
+    time.sleep(1)
+    assert sinks["plain"].rcpts().count("quick@implicit.test") == 1, sinks["plain"].rcpts()
+    rcpt_cmds = [t for t in sinks["plain"].transcript if "quick@implicit.test" in t]
+    assert len(rcpt_cmds) == 1, f"the fast domain was not even offered it again: {rcpt_cmds}"

@@ -22,6 +22,7 @@ use std::collections::{HashMap, HashSet};
 use std::io::Write;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -213,15 +214,28 @@ impl Deliverer {
             }
         }
 
-        // One message to many domains: every destination in parallel.
+        // One message to many domains: every destination in parallel. Each
+        // destination that finishes while others are still sending settles
+        // its delivered recipients durably at once, so a crash (kill -9)
+        // during a slow destination never re-sends to one that already
+        // answered 250. The last one to finish leaves it to `record` below
+        // (one commit instead of two for the common one-domain message).
         let started = Instant::now();
+        let still_sending = Arc::new(AtomicUsize::new(groups.len()));
         let mut tasks = tokio::task::JoinSet::new();
         for (route, rcpts) in groups {
             let me = self.clone();
             let (envelope, message, origin) = (envelope.clone(), message.clone(), origin.clone());
+            let still_sending = still_sending.clone();
             tasks.spawn(async move {
-                me.deliver_group(id, &route, &envelope, &rcpts, &origin, &message)
-                    .await
+                let results = me
+                    .deliver_group(id, &route, &envelope, &rcpts, &origin, &message)
+                    .await;
+                if still_sending.fetch_sub(1, Ordering::AcqRel) > 1 {
+                    me.settle_delivered(id, &results).await;
+                }
+                me.log_results(id, &envelope, &results, started);
+                results
             });
         }
         let mut results = Vec::new();
@@ -231,7 +245,6 @@ impl Deliverer {
                 Err(e) => warn!("{id}: delivery task failed: {e}"),
             }
         }
-        self.log_results(id, &envelope, &results, started);
         let any_deferred = results
             .iter()
             .any(|(_, o)| matches!(o, Outcome::Deferred(_)));
@@ -249,6 +262,27 @@ impl Deliverer {
                 }
             }
             Err(e) => warn!("{id}: cannot record delivery results: {e}"),
+        }
+    }
+
+    /// Stores the delivered recipients of one finished destination now
+    /// (Queue::settle). Failures and deferrals wait for the attempt's
+    /// `record`: repeating those after a crash delivers nothing twice, and
+    /// the failure notice stays tied to the one record that fails them.
+    async fn settle_delivered(&self, id: QueueId, results: &[(usize, Outcome)]) {
+        let delivered: Vec<(usize, String)> = results
+            .iter()
+            .filter_map(|(i, o)| match o {
+                Outcome::Delivered(reply) => Some((*i, reply.clone())),
+                _ => None,
+            })
+            .collect();
+        if delivered.is_empty() {
+            return;
+        }
+        if let Err(e) = self.queue.settle(id, delivered).await {
+            // `record` at the end of the attempt stores them anyway.
+            warn!("{id}: cannot store deliveries before the attempt ends: {e}");
         }
     }
 
