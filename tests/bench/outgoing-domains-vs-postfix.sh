@@ -26,6 +26,8 @@
 set -euo pipefail
 REPO=$(cd "$(dirname "$0")/../.." && pwd)
 SHARED=${SHARED:-$REPO/../shared}
+# In a git worktree elsewhere: shared/ sits next to the main checkout.
+[ -d "$SHARED/bench" ] || SHARED=$(cd "$(git -C "$REPO" rev-parse --git-common-dir)/../../shared" && pwd)
 MESSAGES=${MESSAGES:-2000}
 REPEAT=${REPEAT:-3}
 SESSIONS=${SESSIONS:-10}

@@ -620,7 +620,8 @@ def test_mta_sts_enforce_testing_and_mx_patterns(sts_world):
     assert not sinks["othermx0"].transcript
     # enforce + wrong certificate / no STARTTLS: kept queued, never sent.
     assert wait_for(lambda: "certificate required by the domain's MTA-STS policy" in arch.log("outgoing-1"))
-    assert wait_for(lambda: "required by the domain's MTA-STS policy" in arch.log("outgoing-1"))
+    assert wait_for(lambda: "does not offer STARTTLS, required by the domain's MTA-STS policy"
+                    in arch.log("outgoing-1"))
     time.sleep(1.5)  # at least one retry
     q = queue_list(arch)
     assert "user@wrongcert.test" in q and "user@nostarttls.test" in q
@@ -641,3 +642,14 @@ def test_mta_sts_enforce_testing_and_mx_patterns(sts_world):
     assert len(web.fetches) == 5, web.fetches
     cache = (arch.data / "outgoing-1" / "mta-sts.json").read_text()
     assert '"enforce.test"' in cache and '"mx.enforce.test"' in cache
+    # A restart keeps the cached policies: with the policy server now
+    # failing every fetch, enforce.test is still delivered under its policy
+    # (same TXT id: no refetch) and wrongcert.test still never gets it.
+    web.policies.clear()
+    arch.kill("outgoing-1")
+    arch.start("outgoing-1")
+    submit(arch, ["again@enforce.test"])
+    assert wait_for(lambda: "again@enforce.test" in sinks["enforce"].rcpts())
+    assert len(web.fetches) == 5, web.fetches
+    time.sleep(1.5)
+    assert "user@wrongcert.test" in queue_list(arch) and not sinks["wrongcert"].messages

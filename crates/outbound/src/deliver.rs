@@ -504,11 +504,11 @@ impl Deliverer {
                 }
             };
             let mut outcome = self.try_host(c.addr, &tls, &tx).await;
-            if let (Err(e), HostTls::Verified(_)) = (&outcome, &tls) {
+            if let (Err(e @ (ClientError::Tls(_) | ClientError::TlsRequired)), HostTls::Verified(_)) =
+                (&outcome, &tls)
+            {
                 self.count_tls_failure(&policy, tlsrpt_result(e));
-                if matches!(&policy, TlsPolicy::Sts(p) if p.mode == StsMode::Testing)
-                    && matches!(e, ClientError::Tls(_) | ClientError::TlsRequired)
-                {
+                if matches!(&policy, TlsPolicy::Sts(p) if p.mode == StsMode::Testing) {
                     // Testing mode: deliver anyway, as without a policy.
                     info!(
                         "{id}: {}[{}]: {e} (MTA-STS mode testing: delivering without verification)",

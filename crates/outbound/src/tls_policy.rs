@@ -99,11 +99,38 @@ pub fn verified_tls(ca_file: Option<&std::path::Path>) -> anyhow::Result<Arc<rus
 
 /// The TLSRPT result type (RFC 8460 §4.3) of a failed verified connection.
 pub fn tlsrpt_result(e: &ClientError) -> &'static str {
-    match e {
-        ClientError::TlsRequired => "starttls-not-supported",
-        ClientError::Tls(why) if why.contains("NotValidForName") => "certificate-host-mismatch",
-        ClientError::Tls(why) if why.contains("Expired") => "certificate-expired",
-        ClientError::Tls(why) if why.contains("UnknownIssuer") => "certificate-not-trusted",
-        _ => "validation-failure",
+    // rustls only hands us its message (Display, or Debug for some kinds).
+    let why = match e {
+        ClientError::TlsRequired => return "starttls-not-supported",
+        ClientError::Tls(why) => why.to_ascii_lowercase(),
+        _ => return "validation-failure",
+    };
+    let has = |words: &[&str]| words.iter().any(|w| why.contains(w));
+    if has(&["not valid for name", "notvalidforname"]) {
+        "certificate-host-mismatch"
+    } else if has(&["expired"]) {
+        "certificate-expired"
+    } else if has(&["unknownissuer", "unknown issuer"]) {
+        "certificate-not-trusted"
+    } else {
+        "validation-failure"
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tlsrpt_result_types() {
+        let tls = |s: &str| ClientError::Tls(s.into());
+        assert_eq!(
+            tlsrpt_result(&tls("invalid peer certificate: certificate not valid for name \"mx.a\"; ...")),
+            "certificate-host-mismatch"
+        );
+        assert_eq!(tlsrpt_result(&tls("invalid peer certificate: UnknownIssuer")), "certificate-not-trusted");
+        assert_eq!(tlsrpt_result(&tls("invalid peer certificate: certificate expired: ...")), "certificate-expired");
+        assert_eq!(tlsrpt_result(&ClientError::TlsRequired), "starttls-not-supported");
+        assert_eq!(tlsrpt_result(&ClientError::Timeout("TLS handshake")), "validation-failure");
     }
 }
