@@ -83,31 +83,8 @@ postconf -c "$PFROOT/etc" -e "default_transport = smtp" "smtp_dns_support_level 
   "smtp_host_lookup = dns" "smtp_tcp_port = 2626"
 "$BENCH/postfix-ctl.sh" start >/dev/null
 
-cat >"$work/outgoing.toml" <<TOML
-[gateway]
-hostname = "bench.example.test"
-data_dir = "$work/data"
-dns = "127.0.0.1:53"
-
-[[domain]]
-name = "example.test"
-
-[stage.outgoing]
-accept_from = ["127.0.0.1"]
-[stage.outgoing.limits]
-max_sessions = 1000
-[stage.outgoing.queue]
-concurrency = 20
-[stage.outgoing.outbound]
-smtp_port = 2626
-mta_sts = false
-per_domain_concurrency = 20
-
-[node.outgoing-1]
-stage = "outgoing"
-smtp = "127.0.0.1:2531"
-metrics = "127.0.0.1:9191"
-TOML
+. "$REPO/tests/bench/outgoing-node.sh"
+outgoing_toml "$work/data" "127.0.0.1:53" >"$work/outgoing.toml"
 "$REPO/target/release/palisade-outgoing" --config "$work/outgoing.toml" --node outgoing-1 \
   2>"$OUT/palisade-outgoing-domains.log" &
 PAL=$!

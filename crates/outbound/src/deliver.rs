@@ -43,8 +43,8 @@ use crate::bounce::{
 };
 use crate::dkim::{from_domain, DkimSigners, REVERIFY_EVERY};
 use crate::dsn::{self, DsnInput, DsnKind, DsnRecipient};
-use crate::resolve::DnsResolver;
 use crate::mta_sts::{Mode as StsMode, StsCache};
+use crate::resolve::DnsResolver;
 use crate::tls_policy::{tlsrpt_result, verified_tls, TlsPolicies, TlsPolicy};
 
 /// Idle pooled connections older than this are closed rather than reused.
@@ -137,7 +137,11 @@ impl Deliverer {
         let node_dir = ctx.config.node_dir(&ctx.node_name);
         let verified = verified_tls(o.ca_file.as_deref())?;
         let sts = o.mta_sts.then(|| {
-            StsCache::new(node_dir.join("mta-sts.json"), verified.clone(), o.mta_sts_port)
+            StsCache::new(
+                node_dir.join("mta-sts.json"),
+                verified.clone(),
+                o.mta_sts_port,
+            )
         });
         let delay_notified_file = node_dir.join("delay-notified");
         let delay_notified = std::fs::read_to_string(&delay_notified_file)
@@ -504,8 +508,10 @@ impl Deliverer {
                 }
             };
             let mut outcome = self.try_host(c.addr, &tls, &tx).await;
-            if let (Err(e @ (ClientError::Tls(_) | ClientError::TlsRequired)), HostTls::Verified(_)) =
-                (&outcome, &tls)
+            if let (
+                Err(e @ (ClientError::Tls(_) | ClientError::TlsRequired)),
+                HostTls::Verified(_),
+            ) = (&outcome, &tls)
             {
                 self.count_tls_failure(&policy, tlsrpt_result(e));
                 if matches!(&policy, TlsPolicy::Sts(p) if p.mode == StsMode::Testing) {

@@ -128,7 +128,9 @@ pub fn record_id(txt: &str) -> Option<String> {
     }
     tags.find_map(|t| t.strip_prefix("id="))
         .map(str::trim)
-        .filter(|id| !id.is_empty() && id.len() <= 32 && id.bytes().all(|b| b.is_ascii_alphanumeric()))
+        .filter(|id| {
+            !id.is_empty() && id.len() <= 32 && id.bytes().all(|b| b.is_ascii_alphanumeric())
+        })
         .map(str::to_string)
 }
 
@@ -266,7 +268,8 @@ impl StsCache {
         };
         // Write-then-rename: a crash leaves the old or the new file.
         let tmp = self.file.with_extension("json.tmp");
-        let written = std::fs::write(&tmp, &snapshot).and_then(|_| std::fs::rename(&tmp, &self.file));
+        let written =
+            std::fs::write(&tmp, &snapshot).and_then(|_| std::fs::rename(&tmp, &self.file));
         if let Err(e) = written {
             warn!("cannot persist MTA-STS cache {}: {e}", self.file.display());
         }
@@ -280,7 +283,12 @@ impl StsCache {
         let host = format!("mta-sts.{domain}");
         let body = tokio::time::timeout(FETCH_TIMEOUT, self.get(&host, dns))
             .await
-            .map_err(|_| (FetchFailure::FetchError, format!("timeout after {FETCH_TIMEOUT:?}")))?
+            .map_err(|_| {
+                (
+                    FetchFailure::FetchError,
+                    format!("timeout after {FETCH_TIMEOUT:?}"),
+                )
+            })?
             .map_err(|e| (FetchFailure::FetchError, e))?;
         let text = String::from_utf8(body)
             .map_err(|_| (FetchFailure::Invalid, "policy is not UTF-8".to_string()))?;
@@ -291,8 +299,8 @@ impl StsCache {
     /// against `host`; the body of a 200 text/plain answer.
     async fn get(&self, host: &str, dns: &DnsResolver) -> Result<Vec<u8>, String> {
         let addrs = dns.addresses(host).await.map_err(|e| e.to_string())?;
-        let name = rustls::pki_types::ServerName::try_from(host.to_string())
-            .map_err(|e| e.to_string())?;
+        let name =
+            rustls::pki_types::ServerName::try_from(host.to_string()).map_err(|e| e.to_string())?;
         let mut last = format!("{host}: no address");
         for ip in addrs {
             let addr = SocketAddr::new(ip, self.port);
@@ -349,13 +357,17 @@ pub fn http_body(raw: &[u8]) -> Result<Vec<u8>, String> {
     let status = lines.next().unwrap_or_default();
     let code = status.split_whitespace().nth(1).unwrap_or_default();
     if !status.starts_with("HTTP/1.") || code != "200" {
-        return Err(format!("HTTP answer {status:?} (redirects are not followed)"));
+        return Err(format!(
+            "HTTP answer {status:?} (redirects are not followed)"
+        ));
     }
     let mut length = None;
     let mut chunked = false;
     let mut plain = false;
     for l in lines {
-        let Some((k, v)) = l.split_once(':') else { continue };
+        let Some((k, v)) = l.split_once(':') else {
+            continue;
+        };
         let v = v.trim().to_ascii_lowercase();
         match k.trim().to_ascii_lowercase().as_str() {
             "content-length" => length = v.parse::<usize>().ok(),
@@ -371,7 +383,9 @@ pub fn http_body(raw: &[u8]) -> Result<Vec<u8>, String> {
     let body = if chunked {
         dechunk(rest)?
     } else if let Some(n) = length {
-        rest.get(..n).ok_or("body shorter than Content-Length")?.to_vec()
+        rest.get(..n)
+            .ok_or("body shorter than Content-Length")?
+            .to_vec()
     } else {
         rest.to_vec()
     };
@@ -422,21 +436,27 @@ mod tests {
         assert!(!p.allows_mx("example.net"));
         assert!(!p.allows_mx("evil.com"));
         assert_eq!(
-            parse_policy("version: STSv1\nmode: testing\nmx: a.test\nmax_age: 99999999999").map(|p| p.mode),
+            parse_policy("version: STSv1\nmode: testing\nmx: a.test\nmax_age: 99999999999")
+                .map(|p| p.mode),
             Err("bad max_age \"99999999999\"".into())
         );
         assert!(parse_policy("version: STSv2\nmode: enforce\nmx: a\nmax_age: 1").is_err());
         assert!(parse_policy("version: STSv1\nmode: enforce\nmax_age: 1").is_err());
         assert!(parse_policy("version: STSv1\nmode: strict\nmx: a\nmax_age: 1").is_err());
         assert_eq!(
-            parse_policy("version: STSv1\nmode: none\nmax_age: 86400").unwrap().mode,
+            parse_policy("version: STSv1\nmode: none\nmax_age: 86400")
+                .unwrap()
+                .mode,
             Mode::None
         );
     }
 
     #[test]
     fn record_ids() {
-        assert_eq!(record_id("v=STSv1; id=20260101T000000;").as_deref(), Some("20260101T000000"));
+        assert_eq!(
+            record_id("v=STSv1; id=20260101T000000;").as_deref(),
+            Some("20260101T000000")
+        );
         assert_eq!(record_id("v=STSv1;"), None);
         assert_eq!(record_id("v=spf1 -all"), None);
         assert_eq!(record_id("v=STSv1; id=bad id"), None);
@@ -448,7 +468,8 @@ mod tests {
         assert_eq!(http_body(ok).unwrap(), b"hello");
         let chunked = b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n";
         assert_eq!(http_body(chunked).unwrap(), b"abcde");
-        let redirect = b"HTTP/1.1 301 Moved\r\nLocation: https://evil/\r\nContent-Type: text/plain\r\n\r\n";
+        let redirect =
+            b"HTTP/1.1 301 Moved\r\nLocation: https://evil/\r\nContent-Type: text/plain\r\n\r\n";
         assert!(http_body(redirect).unwrap_err().contains("redirects"));
         let html = b"HTTP/1.1 200 OK\r\nContent-Type: text/html\r\n\r\nx";
         assert!(http_body(html).is_err());

@@ -79,7 +79,9 @@ impl TlsPolicies {
 
 /// The rustls configuration for verified TLS: WebPKI roots plus the PEM
 /// certificates of `ca_file`.
-pub fn verified_tls(ca_file: Option<&std::path::Path>) -> anyhow::Result<Arc<rustls::ClientConfig>> {
+pub fn verified_tls(
+    ca_file: Option<&std::path::Path>,
+) -> anyhow::Result<Arc<rustls::ClientConfig>> {
     let mut roots = rustls::RootCertStore::empty();
     roots.add_parsable_certificates(webpki_root_certs::TLS_SERVER_ROOT_CERTS.iter().cloned());
     if let Some(path) = ca_file {
@@ -125,12 +127,26 @@ mod tests {
     fn tlsrpt_result_types() {
         let tls = |s: &str| ClientError::Tls(s.into());
         assert_eq!(
-            tlsrpt_result(&tls("invalid peer certificate: certificate not valid for name \"mx.a\"; ...")),
+            tlsrpt_result(&tls(
+                "invalid peer certificate: certificate not valid for name \"mx.a\"; ..."
+            )),
             "certificate-host-mismatch"
         );
-        assert_eq!(tlsrpt_result(&tls("invalid peer certificate: UnknownIssuer")), "certificate-not-trusted");
-        assert_eq!(tlsrpt_result(&tls("invalid peer certificate: certificate expired: ...")), "certificate-expired");
-        assert_eq!(tlsrpt_result(&ClientError::TlsRequired), "starttls-not-supported");
-        assert_eq!(tlsrpt_result(&ClientError::Timeout("TLS handshake")), "validation-failure");
+        assert_eq!(
+            tlsrpt_result(&tls("invalid peer certificate: UnknownIssuer")),
+            "certificate-not-trusted"
+        );
+        assert_eq!(
+            tlsrpt_result(&tls("invalid peer certificate: certificate expired: ...")),
+            "certificate-expired"
+        );
+        assert_eq!(
+            tlsrpt_result(&ClientError::TlsRequired),
+            "starttls-not-supported"
+        );
+        assert_eq!(
+            tlsrpt_result(&ClientError::Timeout("TLS handshake")),
+            "validation-failure"
+        );
     }
 }
