@@ -8,6 +8,8 @@
 #     harness's fixed nexthop [127.0.0.1]:2626 (no DNS).
 #  2. Palisade alone: 1 vs 100 destination domains (MX records of d0..d99.test
 #     all -> the same sink), tests/bench/outgoing_domains.py as the client.
+#     For 1 and 100 domains side by side with Postfix (which then resolves
+#     MX records too) see tests/bench/outgoing-domains-vs-postfix.sh.
 #
 #   tests/bench/outgoing-vs-postfix.sh
 #   SKIP_POSTFIX=1 tests/bench/outgoing-vs-postfix.sh   # only part 2

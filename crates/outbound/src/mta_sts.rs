@@ -37,6 +37,8 @@ pub const MAX_POLICY_BYTES: usize = 64 * 1024;
 pub const FETCH_TIMEOUT: Duration = Duration::from_secs(10);
 /// How often the TXT id of a domain is looked up again.
 pub const TXT_RECHECK: Duration = Duration::from_secs(300);
+/// Domains whose last TXT lookup time is remembered (then forgotten at once).
+const MAX_DOMAINS_TRACKED: usize = 100_000;
 /// max_age ceiling (§3.2: up to 31557600 s, one year).
 const MAX_AGE_CAP: u64 = 31_557_600;
 
@@ -171,6 +173,8 @@ pub struct StsCache {
     policies: Mutex<HashMap<String, Cached>>,
     /// When each domain's TXT record was last looked up.
     checked: Mutex<HashMap<String, Instant>>,
+    /// Per-domain turn for discovery and fetch.
+    in_flight: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     roots: Arc<rustls::ClientConfig>,
     /// HTTPS port of `mta-sts.<domain>` (443; tests and labs: any).
     port: u16,
@@ -188,6 +192,7 @@ impl StsCache {
             file,
             policies: Mutex::new(policies),
             checked: Mutex::default(),
+            in_flight: Mutex::default(),
             roots: tls,
             port,
         }
@@ -201,6 +206,16 @@ impl StsCache {
         dns: &DnsResolver,
     ) -> (Option<Policy>, Option<FetchFailure>) {
         let domain = domain.trim_end_matches('.').to_ascii_lowercase();
+        // One discovery per domain at a time: messages arriving while the
+        // policy is fetched wait for it instead of going out unprotected.
+        let gate = self
+            .in_flight
+            .lock()
+            .unwrap()
+            .entry(domain.clone())
+            .or_default()
+            .clone();
+        let _turn = gate.lock().await;
         let now = unix_now();
         let cached = self
             .policies
@@ -218,10 +233,15 @@ impl StsCache {
         if !recheck {
             return (cached.map(|c| c.policy), None);
         }
-        self.checked
-            .lock()
-            .unwrap()
-            .insert(domain.clone(), Instant::now());
+        {
+            let mut checked = self.checked.lock().unwrap();
+            if checked.len() >= MAX_DOMAINS_TRACKED {
+                // Bounded memory: forgetting only means an earlier TXT lookup.
+                checked.clear();
+                self.in_flight.lock().unwrap().clear();
+            }
+            checked.insert(domain.clone(), Instant::now());
+        }
         let id = match dns.txt(&format!("_mta-sts.{domain}")).await {
             Ok(txts) => txts.iter().find_map(|t| record_id(t)),
             // DNS trouble: what we knew stays in force (§5.1).
