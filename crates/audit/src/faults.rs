@@ -399,7 +399,28 @@ fn default_mechanism_table(key: &str) -> String {
         return String::new();
     };
     table.remove("enabled");
+    for (_, v) in table.iter_mut() {
+        *v = human_duration(v);
+    }
     toml::to_string(&table).unwrap_or_default()
+}
+
+/// `"3110400s"` (how the config serialises a duration) as `"36d"`, the
+/// way admins write it; any other value unchanged.
+pub fn human_duration(v: &toml::Value) -> toml::Value {
+    let Some(secs) = v
+        .as_str()
+        .and_then(|s| s.strip_suffix('s'))
+        .and_then(|n| n.parse::<f64>().ok())
+    else {
+        return v.clone();
+    };
+    let text = [(86400.0, "d"), (3600.0, "h"), (60.0, "m")]
+        .into_iter()
+        .find(|(unit, _)| secs >= *unit && secs % unit == 0.0)
+        .map(|(unit, suffix)| format!("{}{suffix}", secs / unit))
+        .unwrap_or_else(|| format!("{secs}s"));
+    toml::Value::String(text)
 }
 
 /// Mechanisms Palisade runs without a config key: what makes them run.
@@ -587,7 +608,7 @@ mod tests {
             .example
             .starts_with("[stage.mx.mechanisms.dm22_greylist]\n"));
         assert!(
-            steps[0].example.contains("delay = \"300s\""),
+            steps[0].example.contains("delay = \"5m\""),
             "{}",
             steps[0].example
         );

@@ -66,7 +66,11 @@ pub fn path(config: &Config) -> PathBuf {
 pub fn record(config: &Config) -> anyhow::Result<Vec<Snapshot>> {
     let snap = scrape(config);
     let file = path(config);
-    append(&file, &snap).with_context(|| format!("appending to {}", file.display()))?;
+    // A run while the architecture is down adds nothing to the series.
+    let with_metrics = config.node.values().filter(|n| n.metrics.is_some()).count();
+    if snap.unreachable.len() < with_metrics {
+        append(&file, &snap).with_context(|| format!("appending to {}", file.display()))?;
+    }
     load(&file).with_context(|| format!("reading {}", file.display()))
 }
 
@@ -262,19 +266,23 @@ pub fn charts(history: &[Snapshot]) -> Vec<Chart> {
         let points: Vec<(u64, f64)> = if history.len() == 1 {
             vec![(history[0].unix, per_node(&history[0]).values().sum())]
         } else {
-            history
-                .windows(2)
-                .map(|w| {
-                    let (before, after) = (per_node(&w[0]), per_node(&w[1]));
-                    let delta = after
+            // Each node against the last snapshot that had it, so a node
+            // that was down for one run is not counted twice.
+            let mut last: BTreeMap<String, f64> = per_node(&history[0]);
+            history[1..]
+                .iter()
+                .map(|snap| {
+                    let now = per_node(snap);
+                    let delta = now
                         .iter()
-                        .map(|(node, &v)| match before.get(node) {
+                        .map(|(node, &v)| match last.get(node) {
                             Some(&b) if v >= b => v - b,
                             // New node, or a restart that reset the counter.
                             _ => v,
                         })
                         .sum();
-                    (w[1].unix, delta)
+                    last.extend(now);
+                    (snap.unix, delta)
                 })
                 .collect()
         };
@@ -350,6 +358,13 @@ mod tests {
             vec![(200, 3.0), (300, 4.0), (400, 2.0)]
         );
         assert!(charts(&[snap(1, 0.0)]).is_empty());
+        // mx-1 missing from the middle snapshot (down): 7 -> gap -> 9 is 2.
+        let gap = Snapshot {
+            samples: Vec::new(),
+            ..snap(200, 0.0)
+        };
+        let c = charts(&[snap(100, 7.0), gap, snap(300, 9.0)]);
+        assert_eq!(c[0].series[0].1, vec![(200, 0.0), (300, 2.0)]);
     }
 
     #[test]

@@ -220,7 +220,10 @@ fn presence(
             let field = &key["limits.".len()..];
             match table(key) {
                 Some(v) if is_zero(&v) => (Presence::Absent, format!("{field} = {v} (off)")),
-                Some(v) => (Presence::Deployed, format!("{field} = {v}")),
+                Some(v) => (
+                    Presence::Deployed,
+                    format!("{field} = {}", crate::faults::human_duration(&v)),
+                ),
                 None => (Presence::Absent, format!("{field} not set")),
             }
         }
@@ -285,7 +288,7 @@ fn is_zero(v: &toml::Value) -> bool {
 /// A TOML table on one line, in config words.
 fn inline(t: &toml::map::Map<String, toml::Value>) -> String {
     t.iter()
-        .map(|(k, v)| format!("{k} = {v}"))
+        .map(|(k, v)| format!("{k} = {}", crate::faults::human_duration(v)))
         .collect::<Vec<_>>()
         .join(", ")
 }
@@ -403,13 +406,16 @@ fn builtin(
             (
                 Deployed,
                 format!(
-                    "clamd {}; on_scanner_unavailable = {:?}, max_mime_depth = {}",
+                    "clamd {}; on_scanner_unavailable = \"{}\", max_mime_depth = {}",
                     if v.clamd.is_empty() {
                         "started by palisade up".to_string()
                     } else {
                         clamd.join(", ")
                     },
-                    v.on_scanner_unavailable,
+                    serde_json::to_value(v.on_scanner_unavailable)
+                        .ok()
+                        .and_then(|v| v.as_str().map(str::to_string))
+                        .unwrap_or_default(),
                     v.max_mime_depth
                 ),
             )
@@ -545,7 +551,7 @@ mod tests {
         let grey = at(StageKind::Mx, 22);
         assert_eq!(grey.presence, Presence::Deployed);
         assert!(
-            grey.settings.contains("delay = \"300s\""),
+            grey.settings.contains("delay = \"5m\""),
             "{}",
             grey.settings
         );

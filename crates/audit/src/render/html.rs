@@ -8,6 +8,7 @@ use std::fmt::Write as _;
 
 use crate::faults::{self, Protection};
 use crate::history;
+use crate::model::Coverage;
 use crate::render::{
     attributes, cell_state, coverage_icon, coverage_word, esc, fault_verdict, mechanism_name, svg,
     utc, verdict_word, CellState,
@@ -22,8 +23,8 @@ h3{font-size:15px;margin:18px 0 6px}
 .meta{color:#59636e;margin:0}.summary{font-size:15px;margin:10px 0 0}
 section{background:#fff;border:1px solid #dde2e8;border-radius:6px;padding:4px 18px 16px;margin-top:18px}
 table{border-collapse:collapse}td,th{padding:3px 6px;text-align:left;vertical-align:top}
-table.list{width:100%}table.list tr:nth-child(even){background:#f3f5f7}table.list td.settings{color:#3b4650;font-family:ui-monospace,Menlo,Consolas,monospace;font-size:12px}
-table.matrix th.dm{height:150px;vertical-align:bottom;padding:2px 0;width:27px}
+table.list{width:100%;table-layout:fixed}table.list td:nth-child(1){width:48px}table.list td:nth-child(2){width:330px}table.list td:nth-child(3){width:96px}table.list tr:nth-child(even){background:#f3f5f7}table.list td.settings{color:#3b4650;font-family:ui-monospace,Menlo,Consolas,monospace;font-size:12px}
+table.matrix th.dm{height:190px;vertical-align:bottom;padding:2px 0;width:27px}
 table.matrix th.dm span{writing-mode:vertical-rl;transform:rotate(180deg);white-space:nowrap;font-weight:500;font-size:12px}
 table.matrix td.cell{width:25px;height:25px;padding:0;text-align:center;font-size:15px;border:1px solid #fff}
 table.matrix tbody tr{border-top:1px solid #e5e8ec}table.matrix tbody th{white-space:nowrap;font-weight:600}
@@ -66,9 +67,9 @@ pub fn render(report: &Report) -> String {
     );
     matrix(&mut h, report);
     evaluation(&mut h, report);
+    charts(&mut h, report);
     findings(&mut h, report);
     review(&mut h, report);
-    charts(&mut h, report);
     h.push_str(
         "<p class=\"muted\">Methodology: Maraboli &amp; Vallejos, steps 1–4 (review, fault \
          detection, failure evaluation, deployment). See docs/audit.md.</p></main></body></html>\n",
@@ -103,7 +104,7 @@ fn matrix(h: &mut String, report: &Report) {
     );
     for n in &columns {
         let name = mechanism_name(*n);
-        let short: String = name.chars().take(26).collect();
+        let short = shorten(name, 30);
         let _ = write!(
             h,
             "<th class=\"dm\" title=\"DM{n} {}\"><span>DM{n} {}</span></th>",
@@ -152,6 +153,25 @@ fn matrix(h: &mut String, report: &Report) {
     h.push_str("</tbody></table></section>");
 }
 
+/// At most `max` characters, cut at a word, with an ellipsis.
+fn shorten(text: &str, max: usize) -> String {
+    if text.chars().count() <= max {
+        return text.to_string();
+    }
+    let mut out = String::new();
+    for word in text.split_whitespace() {
+        if out.chars().count() + word.chars().count() + 1 > max - 1 {
+            break;
+        }
+        if !out.is_empty() {
+            out.push(' ');
+        }
+        out.push_str(word);
+    }
+    out.push('…');
+    out
+}
+
 /// Steps 3-4.
 fn evaluation(h: &mut String, report: &Report) {
     h.push_str(
@@ -174,7 +194,22 @@ fn evaluation(h: &mut String, report: &Report) {
             let _ = write!(h, "<li>{}</li>", esc(why));
         }
         h.push_str("</ul>");
-        for s in &e.steps {
+        // The failing mechanism's fix and the solutions first; the other
+        // mitigations folded, so a partial fault's page stays short.
+        let first = e
+            .steps
+            .iter()
+            .take_while(|s| s.coverage != Coverage::Mitigation)
+            .count()
+            .max(1);
+        for (i, s) in e.steps.iter().enumerate() {
+            if i == first {
+                let _ = write!(
+                    h,
+                    "<details><summary>{} more way(s) to mitigate it</summary>",
+                    e.steps.len() - first
+                );
+            }
             let _ = write!(
                 h,
                 "<p>{} <b>DM{} {}</b>{}{}</p><pre>{}</pre>",
@@ -190,6 +225,9 @@ fn evaluation(h: &mut String, report: &Report) {
                     .unwrap_or_default(),
                 esc(&s.example)
             );
+        }
+        if e.steps.len() > first {
+            h.push_str("</details>");
         }
         h.push_str("</div>");
     }
@@ -331,4 +369,150 @@ fn charts(h: &mut String, report: &Report) {
         }
     }
     h.push_str("</section>");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::history::{Sample, Snapshot};
+    use crate::model::{Fault, Finding, Line, Verdict};
+
+    /// A report with every kind of cell: local.toml's review, probes that
+    /// worked, failed and were skipped, and a metrics history.
+    pub fn sample_report(snapshots: usize) -> Report {
+        let text = std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../config/local.toml"
+        ))
+        .unwrap();
+        let config = palisade_config::parse(std::path::Path::new("local.toml"), &text).unwrap();
+        let finding = |fault, mechanism, verdict, probe: &str, detail: &str| Finding {
+            fault,
+            mechanism,
+            probe: probe.into(),
+            title: format!("{probe} <tried>"),
+            verdict,
+            detail: detail.into(),
+            transcript: vec![
+                Line {
+                    dir: '*',
+                    text: "connect 127.0.0.1:2525".into(),
+                },
+                Line {
+                    dir: 'S',
+                    text: "220 mail.example.test ESMTP".into(),
+                },
+                Line {
+                    dir: 'C',
+                    text: "RCPT TO:<victim%elsewhere.test@example.test>".into(),
+                },
+                Line {
+                    dir: 'S',
+                    text: detail.into(),
+                },
+            ],
+        };
+        let findings = vec![
+            finding(
+                Fault::OpenRelay,
+                Some(7),
+                Verdict::Working,
+                "open-relay-percent-hack",
+                "550 5.7.1 relaying denied",
+            ),
+            finding(
+                Fault::Spam,
+                Some(22),
+                Verdict::NotWorking,
+                "greylisting",
+                "250 2.1.5 ok",
+            ),
+            finding(
+                Fault::Slammer,
+                Some(32),
+                Verdict::Absent,
+                "early-talker",
+                "250 accepted a client that talked first",
+            ),
+            finding(
+                Fault::Virus,
+                Some(28),
+                Verdict::NotTested,
+                "eicar",
+                "no test account",
+            ),
+        ];
+        let mut report = Report::from_findings("config/local.toml".into(), findings, Some(&config));
+        report.history = (0..snapshots as u64)
+            .map(|i| Snapshot {
+                unix: 1_764_576_000 + i * 3600,
+                samples: vec![
+                    Sample {
+                        node: "mx-1".into(),
+                        mechanism: 22,
+                        what: "tempfail".into(),
+                        value: (i * i * 5) as f64,
+                    },
+                    Sample {
+                        node: "mx-1".into(),
+                        mechanism: 7,
+                        what: "reject".into(),
+                        value: (i * 3 + 1) as f64,
+                    },
+                    Sample {
+                        node: "antivirus-1".into(),
+                        mechanism: 28,
+                        what: "clean".into(),
+                        value: (i * 40 + 2) as f64,
+                    },
+                    Sample {
+                        node: "antivirus-1".into(),
+                        mechanism: 28,
+                        what: "infected".into(),
+                        value: i as f64,
+                    },
+                ],
+                unreachable: Vec::new(),
+            })
+            .collect();
+        report
+    }
+
+    #[test]
+    fn page_is_self_contained_and_has_the_matrix() {
+        for n in [1, 12] {
+            let page = render(&sample_report(n));
+            if let Some(dir) = std::env::var_os("PALISADE_HTML_OUT") {
+                std::fs::write(
+                    std::path::Path::new(&dir).join(format!("report-{n}.html")),
+                    &page,
+                )
+                .unwrap();
+            }
+            assert!(page.starts_with("<!DOCTYPE html>"));
+            for banned in ["<script", "<link", " src=", "@import", "url("] {
+                assert!(!page.contains(banned), "{banned}");
+            }
+            // The only URL is SVG's namespace name, which is never fetched.
+            assert_eq!(
+                page.matches("http").count(),
+                page.matches("http://www.w3.org/2000/svg").count()
+            );
+            assert_eq!(page.matches("<tr data-fault=").count(), 14);
+            assert!(page.contains("class=\"cell working\""));
+            assert!(page.contains("class=\"cell not-working\""));
+            assert!(page.contains("class=\"cell absent\""));
+            assert!(page.contains("class=\"cell not-deployed\""));
+            assert!(page.contains("class=\"cell not-tested\""));
+            // Probe text is escaped, transcripts fold.
+            assert!(page.contains("&lt;tried&gt;") && !page.contains("<tried>"));
+            // 4 transcripts, and the other mitigations of spam and slammer.
+            assert_eq!(page.matches("<details").count(), 6);
+            if n == 1 {
+                assert!(page.contains("class=\"chart bars\""));
+            } else {
+                assert!(page.contains("class=\"chart lines\""));
+            }
+        }
+    }
 }
