@@ -361,10 +361,17 @@ fn charts(h: &mut String, report: &Report) {
     }
     if let Some(last) = report.history.last() {
         if !last.unreachable.is_empty() {
+            // Node names in the text, the errors on hover.
+            let names: Vec<&str> = last
+                .unreachable
+                .iter()
+                .map(|u| u.split(' ').next().unwrap_or(u))
+                .collect();
             let _ = write!(
                 h,
-                "<p class=\"muted\">Unreachable at the last snapshot: {}</p>",
-                esc(&last.unreachable.join("; "))
+                "<p class=\"muted\" title=\"{}\">No metrics at the last snapshot from: {}</p>",
+                esc(&last.unreachable.join("\n")),
+                esc(&names.join(", "))
             );
         }
     }
