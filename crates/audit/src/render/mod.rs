@@ -184,3 +184,154 @@ pub fn esc(text: &str) -> String {
     }
     out
 }
+
+/// A report for the renderers' tests.
+#[cfg(test)]
+pub(crate) mod fixtures {
+    use crate::history::{Sample, Snapshot};
+    use crate::model::{Fault, Finding, Line, Verdict};
+    use crate::report::Report;
+
+    /// A report with every kind of cell: local.toml's review, probes that
+    /// worked, failed and were skipped, and a metrics history.
+    pub(crate) fn sample_report(snapshots: usize) -> Report {
+        let text = std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../config/local.toml"
+        ))
+        .unwrap();
+        let config = palisade_config::parse(std::path::Path::new("local.toml"), &text).unwrap();
+        let finding = |fault, mechanism, verdict, probe: &str, detail: &str| Finding {
+            fault,
+            mechanism,
+            probe: probe.into(),
+            title: format!("{probe} <tried>"),
+            verdict,
+            detail: detail.into(),
+            transcript: vec![
+                Line {
+                    dir: '*',
+                    text: "connect 127.0.0.1:2525".into(),
+                },
+                Line {
+                    dir: 'S',
+                    text: "220 mail.example.test ESMTP".into(),
+                },
+                Line {
+                    dir: 'C',
+                    text: "RCPT TO:<victim%elsewhere.test@example.test>".into(),
+                },
+                Line {
+                    dir: 'S',
+                    text: detail.into(),
+                },
+            ],
+        };
+        let findings = vec![
+            finding(
+                Fault::OpenRelay,
+                Some(7),
+                Verdict::Working,
+                "open-relay-percent-hack",
+                "550 5.7.1 relaying denied",
+            ),
+            finding(
+                Fault::Spam,
+                Some(22),
+                Verdict::NotWorking,
+                "greylisting",
+                "250 2.1.5 ok",
+            ),
+            finding(
+                Fault::Slammer,
+                Some(32),
+                Verdict::Absent,
+                "early-talker",
+                "250 accepted a client that talked first",
+            ),
+            finding(
+                Fault::Virus,
+                Some(28),
+                Verdict::NotTested,
+                "eicar",
+                "no test account",
+            ),
+        ];
+        let mut report = Report::from_findings("config/local.toml".into(), findings, Some(&config));
+        report.history = (0..snapshots as u64)
+            .map(|i| Snapshot {
+                unix: 1_764_576_000 + i * 3600,
+                samples: vec![
+                    Sample {
+                        node: "mx-1".into(),
+                        mechanism: 22,
+                        what: "tempfail".into(),
+                        value: (i * i * 5) as f64,
+                    },
+                    Sample {
+                        node: "mx-1".into(),
+                        mechanism: 7,
+                        what: "reject".into(),
+                        value: (i * 3 + 1) as f64,
+                    },
+                    Sample {
+                        node: "antivirus-1".into(),
+                        mechanism: 28,
+                        what: "clean".into(),
+                        value: (i * 40 + 2) as f64,
+                    },
+                    Sample {
+                        node: "antivirus-1".into(),
+                        mechanism: 28,
+                        what: "infected".into(),
+                        value: i as f64,
+                    },
+                ],
+                unreachable: Vec::new(),
+            })
+            .collect();
+        report
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::fixtures::sample_report;
+    use crate::report::{render, Format, Report};
+
+    #[test]
+    fn json_round_trips() {
+        let report = sample_report(3);
+        let json = render(&report, Format::Json);
+        let back: Report = serde_json::from_str(&json).unwrap();
+        assert_eq!(render(&back, Format::Json), json);
+        assert_eq!(back.findings.len(), 4);
+        assert_eq!(back.review.as_ref().unwrap().coverage.len(), 14);
+        assert_eq!(back.history.len(), 3);
+        // The fields scripts read, by name.
+        let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+        assert_eq!(v["review"]["coverage"][2]["fault"], "open-relay");
+        assert_eq!(v["review"]["coverage"][2]["protection"], "solved");
+        assert_eq!(v["evaluation"][0]["fault"], "spam");
+    }
+
+    #[test]
+    fn markdown_matrix_has_a_row_per_fault() {
+        let md = render(&sample_report(1), Format::Markdown);
+        let start = md.find("| fault | review | audit |").unwrap();
+        let rows: Vec<&str> = md[start..]
+            .lines()
+            .skip(2)
+            .take_while(|l| l.starts_with('|'))
+            .collect();
+        assert_eq!(rows.len(), 14);
+        assert!(
+            rows[2].starts_with("| open relay | solved | working |"),
+            "{}",
+            rows[2]
+        );
+        assert!(md.contains("```toml\n[stage.mx.mechanisms.dm22_greylist]"));
+        // A pipe inside a cell does not break the table.
+        assert!(!rows.iter().any(|r| r.matches(" | ").count() != 4));
+    }
+}
