@@ -485,10 +485,71 @@ fn outside_stages(number: u8) -> &'static str {
     }
 }
 
+/// Our reading of figures 4 and 5 as a Markdown table: the section of
+/// docs/audit.md between its `fault-model` markers (a test keeps it true).
+pub fn render_markdown() -> String {
+    let mut out = String::from(
+        "| fault | covered by (■ full, ◆ group, ● mitigation) | endangers (figure 4) | other systems |\n\
+         |---|---|---|---|\n",
+    );
+    for m in &FAULTS {
+        let covers: Vec<String> = m
+            .covers
+            .iter()
+            .map(|c| {
+                let icon = match c.coverage {
+                    Full => "■",
+                    Group => "◆",
+                    Mit => "●",
+                };
+                format!("{icon} DM{}", c.mechanism)
+            })
+            .collect();
+        let attributes: Vec<String> = m
+            .attributes
+            .iter()
+            .map(|a| {
+                serde_json::to_value(a)
+                    .ok()
+                    .and_then(|v| v.as_str().map(str::to_string))
+                    .unwrap_or_default()
+            })
+            .collect();
+        out.push_str(&format!(
+            "| {} | {} | {} | {} |\n",
+            m.fault.name(),
+            covers.join(", "),
+            attributes.join(", "),
+            if m.other_systems { "yes" } else { "no" }
+        ));
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use palisade_policy::catalogue::TABLE_I;
+
+    #[test]
+    fn docs_show_the_model() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../docs/audit.md");
+        let doc = std::fs::read_to_string(path).unwrap_or_default();
+        let (begin, end) = ("<!-- fault-model: begin -->\n", "<!-- fault-model: end -->");
+        let (Some(i), Some(j)) = (doc.find(begin), doc.find(end)) else {
+            panic!("docs/audit.md has no fault-model markers");
+        };
+        let want = render_markdown();
+        if std::env::var_os("UPDATE_DOCS").is_some() {
+            let updated = format!("{}{begin}{want}{}", &doc[..i], &doc[j..]);
+            std::fs::write(path, updated).unwrap();
+            return;
+        }
+        assert!(
+            doc[i + begin.len()..j] == want,
+            "docs/audit.md's fault model is stale: run UPDATE_DOCS=1 cargo test -p palisade-audit docs"
+        );
+    }
 
     #[test]
     fn rows_follow_fault_order() {
