@@ -15,5 +15,10 @@
 //! [`model`] holds the types every part shares: the 14 faults, verdicts,
 //! findings and the report that the renderers print.
 
+pub mod evaluation;
+pub mod faults;
+pub mod history;
 pub mod model;
+pub mod render;
 pub mod report;
+pub mod review;

@@ -4,6 +4,7 @@ mod clamd;
 mod dkim;
 mod quarantine;
 mod queue;
+mod review;
 mod spam;
 mod up;
 mod user;
@@ -56,6 +57,9 @@ enum Command {
     /// Messages the content stages kept out of the flow: list, show, release, delete.
     #[command(subcommand)]
     Quarantine(quarantine::QuarantineCommand),
+    /// Step 1 of the methodology: Table I per stage, the fault coverage
+    /// matrix and the plan for unprotected faults (exit 1 if any).
+    Review(review::ReviewArgs),
 }
 
 fn main() -> ExitCode {
@@ -68,6 +72,7 @@ fn main() -> ExitCode {
         Command::Spam(cmd) => spam::run(cmd),
         Command::Quarantine(cmd) => quarantine::run(cmd),
         Command::Dkim(cmd) => dkim::run(cmd),
+        Command::Review(args) => review::run(args),
     };
     match result {
         Ok(code) => code,
