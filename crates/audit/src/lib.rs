@@ -17,3 +17,9 @@
 
 pub mod model;
 pub mod report;
+
+// `palisade audit` (step 2): the runner, its probes and their transcript client.
+pub mod audit;
+pub mod client;
+pub mod imap;
+pub mod probes;

@@ -1,5 +1,6 @@
 //! `palisade`: the admin command (shared/SPEC.md §2).
 
+mod audit;
 mod clamd;
 mod dkim;
 mod quarantine;
@@ -56,6 +57,8 @@ enum Command {
     /// Messages the content stages kept out of the flow: list, show, release, delete.
     #[command(subcommand)]
     Quarantine(quarantine::QuarantineCommand),
+    /// Step 2 of the methodology: active fault-detection probes against a running deployment.
+    Audit(Box<audit::AuditArgs>),
 }
 
 fn main() -> ExitCode {
@@ -68,6 +71,7 @@ fn main() -> ExitCode {
         Command::Spam(cmd) => spam::run(cmd),
         Command::Quarantine(cmd) => quarantine::run(cmd),
         Command::Dkim(cmd) => dkim::run(cmd),
+        Command::Audit(args) => audit::run(*args),
     };
     match result {
         Ok(code) => code,
