@@ -152,12 +152,16 @@ impl Options {
 
 /// What every probe shares: the options, this run's nonce (in every
 /// subject and generated address, so cleanup finds exactly our messages)
-/// and the one-time greylisting wait.
+/// and the triplets already waited for past greylisting.
 pub struct Ctx {
     pub opts: Options,
     pub nonce: String,
-    greylist_waited: Mutex<bool>,
+    greylist_waited: Mutex<BTreeSet<(String, String)>>,
 }
+
+/// Greylisting waits per run, at most: one per (sender, recipient) the
+/// probes use, bounded in case the target greylists everything.
+const MAX_GREYLIST_WAITS: usize = 3;
 
 /// The result of EHLO + MAIL + RCPT.
 pub struct Envelope {
@@ -187,7 +191,7 @@ impl Ctx {
         Ctx {
             opts,
             nonce,
-            greylist_waited: Mutex::new(false),
+            greylist_waited: Mutex::new(BTreeSet::new()),
         }
     }
 
@@ -287,8 +291,9 @@ impl Ctx {
     }
 
     /// EHLO, MAIL FROM, RCPT TO against the MX. When RCPT is greylisted and
-    /// `--greylist-wait` allows it, waits once (as a real MTA would retry)
-    /// and tries again in the same session.
+    /// `--greylist-wait` allows it, waits once per triplet (as a real MTA
+    /// would retry) and tries again in the same session; the lock makes
+    /// later probes of the same triplet find it passed.
     pub async fn envelope(
         &self,
         addr: SocketAddr,
@@ -306,8 +311,8 @@ impl Ctx {
         let mut reply = conn.cmd(&rcpt_line).await.map_err(|e| stop(e, &conn))?;
         if is_greylisted(&reply) && !self.opts.greylist_wait.is_zero() {
             let mut waited = self.greylist_waited.lock().await;
-            if !*waited {
-                *waited = true;
+            let triplet = (sender.to_string(), rcpt.to_string());
+            if waited.len() < MAX_GREYLIST_WAITS && waited.insert(triplet) {
                 conn.note(format!(
                     "greylisted: waiting {:?} (--greylist-wait) as a real MTA would retry",
                     self.opts.greylist_wait

@@ -50,7 +50,12 @@ pub async fn run(ctx: &Ctx) -> Vec<Finding> {
     let t = conn.into_transcript();
     if first.code >= 400 {
         let how = if closed { ", connection closed" } else { "" };
-        vec![p.working(format!("refused: {}{how}", first.summary()), t)]
+        // Without a pause only bytes that beat the banner are caught.
+        let note = match claimed {
+            Some(false) => " (no greet pause configured: caught because the EHLO beat the banner)",
+            _ => "",
+        };
+        vec![p.working(format!("refused: {}{how}{note}", first.summary()), t)]
     } else {
         vec![p.not_tested(format!("unexpected first reply {}", first.summary()), t)]
     }
