@@ -103,7 +103,9 @@ impl Options {
         };
         self.mx = self.mx.or_else(|| first(StageKind::Mx, |n| n.smtp));
         self.msa = self.msa.or_else(|| first(StageKind::Msa, |n| n.submission));
-        self.msa_tls = self.msa_tls.or_else(|| first(StageKind::Msa, |n| n.submissions));
+        self.msa_tls = self
+            .msa_tls
+            .or_else(|| first(StageKind::Msa, |n| n.submissions));
         if self.store_imap.is_none() {
             let store = self
                 .user
@@ -278,7 +280,10 @@ impl Ctx {
 
     /// Connects, reads a 220 banner and says EHLO. Errors carry the transcript.
     pub async fn ehlo(&self, addr: SocketAddr) -> Result<(Conn, Reply), (String, Vec<Line>)> {
-        let (mut conn, banner) = self.smtp(addr, false).await.map_err(|t| ("no banner".to_string(), t))?;
+        let (mut conn, banner) = self
+            .smtp(addr, false)
+            .await
+            .map_err(|t| ("no banner".to_string(), t))?;
         if banner.code != 220 {
             let why = format!("refused at connect: {}", banner.summary());
             return Err((why, conn.into_transcript()));
@@ -305,7 +310,12 @@ impl Ctx {
         let mail_line = format!("MAIL FROM:<{sender}>{mail_params}");
         let mut mail = conn.cmd(&mail_line).await.map_err(|e| stop(e, &conn))?;
         if !mail.is_positive() {
-            return Ok(Envelope { conn, ehlo, mail, rcpt: None });
+            return Ok(Envelope {
+                conn,
+                ehlo,
+                mail,
+                rcpt: None,
+            });
         }
         let rcpt_line = format!("RCPT TO:<{rcpt}>");
         let mut reply = conn.cmd(&rcpt_line).await.map_err(|e| stop(e, &conn))?;
@@ -325,7 +335,50 @@ impl Ctx {
                 }
             }
         }
-        Ok(Envelope { conn, ehlo, mail, rcpt: Some(reply) })
+        Ok(Envelope {
+            conn,
+            ehlo,
+            mail,
+            rcpt: Some(reply),
+        })
+    }
+}
+
+impl Ctx {
+    /// An open transaction from `--sender` to `rcpt` at the MX, RCPT
+    /// accepted; with `data`, DATA answered 354 too. Else why not, and the
+    /// transcript (the probe is then not tested).
+    pub async fn open_transaction(
+        &self,
+        addr: SocketAddr,
+        rcpt: &str,
+        data: bool,
+    ) -> Result<Conn, (String, Vec<Line>)> {
+        let env = self.envelope(addr, &self.opts.sender, "", rcpt).await?;
+        let mut conn = env.conn;
+        match &env.rcpt {
+            Some(r) if r.is_positive() => {}
+            Some(r) => {
+                return Err((
+                    format!("recipient not accepted: {}", r.summary()),
+                    conn.quit().await,
+                ))
+            }
+            None => {
+                return Err((
+                    format!("MAIL refused: {}", env.mail.summary()),
+                    conn.quit().await,
+                ))
+            }
+        }
+        if data {
+            match conn.cmd("DATA").await {
+                Ok(r) if r.code == 354 => {}
+                Ok(r) => return Err((format!("DATA refused: {}", r.summary()), conn.quit().await)),
+                Err(e) => return Err((e.to_string(), conn.into_transcript())),
+            }
+        }
+        Ok(conn)
     }
 }
 
@@ -334,7 +387,10 @@ pub fn is_greylisted(r: &Reply) -> bool {
 }
 
 pub fn note(text: impl Into<String>) -> Line {
-    Line { dir: '*', text: text.into() }
+    Line {
+        dir: '*',
+        text: text.into(),
+    }
 }
 
 fn stop(e: Stop, conn: &Conn) -> (String, Vec<Line>) {

@@ -40,7 +40,11 @@ impl Reply {
     }
     /// `554 5.7.1 text` for the detail of a finding.
     pub fn summary(&self) -> String {
-        format!("{} {}", self.code, self.lines.first().cloned().unwrap_or_default())
+        format!(
+            "{} {}",
+            self.code,
+            self.lines.first().cloned().unwrap_or_default()
+        )
     }
     /// EHLO keyword present (`STARTTLS`, `AUTH`, `SIZE`...).
     pub fn has_keyword(&self, keyword: &str) -> bool {
@@ -93,7 +97,11 @@ enum Stream {
 }
 
 impl AsyncRead for Stream {
-    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
         match self.get_mut() {
             Stream::Plain(s) => Pin::new(s).poll_read(cx, buf),
             Stream::Tls(s) => Pin::new(s).poll_read(cx, buf),
@@ -103,7 +111,11 @@ impl AsyncRead for Stream {
 }
 
 impl AsyncWrite for Stream {
-    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
         match self.get_mut() {
             Stream::Plain(s) => Pin::new(s).poll_write(cx, buf),
             Stream::Tls(s) => Pin::new(s).poll_write(cx, buf),
@@ -157,11 +169,19 @@ impl Conn {
             timeout: dial.timeout,
             transcript,
         };
-        conn.note(format!("connect {}{}", dial.addr, match dial.source {
-            Some(s) => format!(" from {s}"),
-            None => String::new(),
-        }));
-        let socket = if dial.addr.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
+        conn.note(format!(
+            "connect {}{}",
+            dial.addr,
+            match dial.source {
+                Some(s) => format!(" from {s}"),
+                None => String::new(),
+            }
+        ));
+        let socket = if dial.addr.is_ipv4() {
+            TcpSocket::new_v4()?
+        } else {
+            TcpSocket::new_v6()?
+        };
         if let Some(source) = dial.source {
             socket.bind(SocketAddr::new(source, 0))?;
         }
@@ -187,7 +207,10 @@ impl Conn {
     }
 
     pub fn note(&mut self, text: impl Into<String>) {
-        self.transcript.push(Line { dir: '*', text: text.into() });
+        self.transcript.push(Line {
+            dir: '*',
+            text: text.into(),
+        });
     }
 
     fn record(&mut self, dir: char, text: &str) {
@@ -213,7 +236,8 @@ impl Conn {
             return Err(Stop::Tls("already TLS".into()));
         };
         let ip = tcp.peer_addr()?.ip();
-        let connector = tokio_rustls::TlsConnector::from(palisade_smtp_client::insecure_tls_config());
+        let connector =
+            tokio_rustls::TlsConnector::from(palisade_smtp_client::insecure_tls_config());
         let name = rustls::pki_types::ServerName::IpAddress(ip.into());
         match tokio::time::timeout(self.timeout, connector.connect(name, tcp)).await {
             Ok(Ok(tls)) => {
@@ -308,7 +332,10 @@ impl Conn {
         let mut reply = Reply::default();
         loop {
             let line = self.read_line().await?;
-            let code = line.get(..3).and_then(|c| c.parse::<u16>().ok()).unwrap_or(0);
+            let code = line
+                .get(..3)
+                .and_then(|c| c.parse::<u16>().ok())
+                .unwrap_or(0);
             reply.code = code;
             reply.lines.push(line.get(4..).unwrap_or("").to_string());
             if line.as_bytes().get(3) != Some(&b'-') {
@@ -366,4 +393,73 @@ pub fn elide(transcript: &mut Vec<Line>, start: usize, head: usize, tail: usize)
             text: format!("... {n} lines left out"),
         }],
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reply(code: u16, lines: &[&str]) -> Reply {
+        Reply {
+            code,
+            lines: lines.iter().map(|l| l.to_string()).collect(),
+        }
+    }
+
+    #[test]
+    fn enhanced_code_and_ehlo_keywords() {
+        let r = reply(554, &["5.7.1 <x@y>: Relay access denied"]);
+        assert_eq!(r.enhanced(), "5.7.1");
+        assert_eq!(reply(250, &["Ok"]).enhanced(), "");
+        let ehlo = reply(
+            250,
+            &["mail.test", "SIZE 10240000", "STARTTLS", "AUTH PLAIN LOGIN"],
+        );
+        assert_eq!(ehlo.keyword("size").as_deref(), Some("10240000"));
+        assert!(ehlo.has_keyword("STARTTLS"));
+        assert_eq!(ehlo.keyword("AUTH").as_deref(), Some("PLAIN LOGIN"));
+        // The greeting line is not a keyword.
+        assert!(!ehlo.has_keyword("mail.test"));
+    }
+
+    #[test]
+    fn elide_keeps_head_and_tail_and_counts_the_rest() {
+        let mut t: Vec<Line> = (0..100)
+            .map(|i| Line {
+                dir: 'C',
+                text: format!("RCPT {i}"),
+            })
+            .collect();
+        elide(&mut t, 2, 3, 2);
+        assert_eq!(t.len(), 2 + 3 + 1 + 2);
+        assert_eq!(t[4].text, "RCPT 4");
+        assert_eq!(t[5].text, "... 93 lines left out");
+        assert_eq!(t[7].text, "RCPT 99");
+    }
+
+    #[tokio::test]
+    async fn transcript_records_both_sides_and_bounds_reads() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            let (mut s, _) = listener.accept().await.unwrap();
+            s.write_all(b"220-first\r\n220 ready\r\n").await.unwrap();
+            let mut buf = [0u8; 64];
+            let n = s.read(&mut buf).await.unwrap();
+            assert_eq!(&buf[..n], b"EHLO probe.test\r\n");
+            // Then silence: the client must give up after its timeout.
+            tokio::time::sleep(Duration::from_secs(5)).await;
+        });
+        let dial = Dial {
+            addr,
+            source: None,
+            timeout: Duration::from_millis(300),
+        };
+        let mut c = Conn::connect(dial, Vec::new()).await.unwrap();
+        let banner = c.banner().await.unwrap();
+        assert_eq!((banner.code, banner.lines.len()), (220, 2));
+        assert!(matches!(c.cmd("EHLO probe.test").await, Err(Stop::Timeout)));
+        let dirs: String = c.transcript.iter().map(|l| l.dir).collect();
+        assert_eq!(dirs, "*SSC*");
+    }
 }

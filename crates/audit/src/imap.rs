@@ -31,8 +31,13 @@ fn quote(s: &str) -> String {
 impl Imap {
     /// Logs in as the test account at --store-imap.
     pub async fn login(ctx: &Ctx, transcript: Vec<Line>) -> Result<Imap, (String, Vec<Line>)> {
-        let (Some(addr), Some(user), Some(password)) = (ctx.opts.store_imap, &ctx.opts.user, &ctx.opts.password) else {
-            return Err(("needs --store-imap, --user and a password".into(), transcript));
+        let (Some(addr), Some(user), Some(password)) =
+            (ctx.opts.store_imap, &ctx.opts.user, &ctx.opts.password)
+        else {
+            return Err((
+                "needs --store-imap, --user and a password".into(),
+                transcript,
+            ));
         };
         let conn = Conn::connect_tls(ctx.dial(addr), transcript).await;
         let mut imap = match conn {
@@ -48,7 +53,10 @@ impl Imap {
         let shown = format!("LOGIN {} <password>", quote(user));
         match imap.command(&login, Some(&shown)).await {
             Ok(r) if r.ok => Ok(imap),
-            Ok(r) => Err((format!("IMAP login refused: {}", r.status), imap.conn.into_transcript())),
+            Ok(r) => Err((
+                format!("IMAP login refused: {}", r.status),
+                imap.conn.into_transcript(),
+            )),
             Err(e) => Err((e.to_string(), imap.conn.into_transcript())),
         }
     }
@@ -77,10 +85,16 @@ impl Imap {
 
     /// Messages of `folder` whose subject contains `needle` (None: no such folder).
     pub async fn search(&mut self, folder: &str, needle: &str) -> Result<Option<Vec<u32>>, Stop> {
-        if !self.command(&format!("SELECT {}", quote(folder)), None).await?.ok {
+        if !self
+            .command(&format!("SELECT {}", quote(folder)), None)
+            .await?
+            .ok
+        {
             return Ok(None);
         }
-        let r = self.command(&format!("SEARCH SUBJECT {}", quote(needle)), None).await?;
+        let r = self
+            .command(&format!("SEARCH SUBJECT {}", quote(needle)), None)
+            .await?;
         Ok(Some(
             r.untagged
                 .iter()
@@ -101,7 +115,8 @@ impl Imap {
                 continue;
             }
             let set = ids.iter().map(u32::to_string).collect::<Vec<_>>().join(",");
-            self.command(&format!("STORE {set} +FLAGS.SILENT (\\Deleted)"), None).await?;
+            self.command(&format!("STORE {set} +FLAGS.SILENT (\\Deleted)"), None)
+                .await?;
             self.command("EXPUNGE", None).await?;
             n += ids.len();
         }

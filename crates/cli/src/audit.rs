@@ -92,10 +92,14 @@ pub fn run(args: AuditArgs) -> anyhow::Result<ExitCode> {
     };
     let password = if args.password_stdin {
         let mut line = String::new();
-        std::io::stdin().lock().read_line(&mut line).context("reading the password from stdin")?;
+        std::io::stdin()
+            .lock()
+            .read_line(&mut line)
+            .context("reading the password from stdin")?;
         Some(line.trim_end_matches(['\r', '\n']).to_string())
     } else if let Some(path) = &args.password_file {
-        let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
         Some(text.lines().next().unwrap_or("").to_string())
     } else {
         None
@@ -108,11 +112,19 @@ pub fn run(args: AuditArgs) -> anyhow::Result<ExitCode> {
             }
             None => bail!(
                 "unknown fault {id:?}; one of: {}",
-                Fault::ALL.iter().map(|f| f.id()).collect::<Vec<_>>().join(", ")
+                Fault::ALL
+                    .iter()
+                    .map(|f| f.id())
+                    .collect::<Vec<_>>()
+                    .join(", ")
             ),
         }
     }
-    let sender_domain = args.sender.rsplit_once('@').map(|(_, d)| d.to_string()).unwrap_or_default();
+    let sender_domain = args
+        .sender
+        .rsplit_once('@')
+        .map(|(_, d)| d.to_string())
+        .unwrap_or_default();
     let opts = Options {
         mx: args.mx,
         msa: args.msa,
@@ -123,7 +135,9 @@ pub fn run(args: AuditArgs) -> anyhow::Result<ExitCode> {
         password,
         local_domain: args.local_domain,
         external_rcpt: args.external_rcpt,
-        helo: args.helo.unwrap_or_else(|| format!("probe.{sender_domain}")),
+        helo: args
+            .helo
+            .unwrap_or_else(|| format!("probe.{sender_domain}")),
         sender: args.sender,
         source: args.source,
         only,
@@ -136,8 +150,14 @@ pub fn run(args: AuditArgs) -> anyhow::Result<ExitCode> {
     };
     let mut shown = opts.clone();
     shown.complete_from_config();
-    if shown.mx.is_none() && shown.msa.is_none() && shown.msa_tls.is_none() && shown.internal.is_empty() {
-        bail!("nothing to audit: give --config, or --mx / --msa / --msa-tls / --internal addresses");
+    if shown.mx.is_none()
+        && shown.msa.is_none()
+        && shown.msa_tls.is_none()
+        && shown.internal.is_empty()
+    {
+        bail!(
+            "nothing to audit: give --config, or --mx / --msa / --msa-tls / --internal addresses"
+        );
     }
     let target = match &args.config {
         Some(path) => format!("{} ({})", path.display(), shown.target()),
@@ -150,5 +170,9 @@ pub fn run(args: AuditArgs) -> anyhow::Result<ExitCode> {
     let findings = runtime.block_on(audit::run(opts));
     let report = Report::from_findings(target, findings, config.as_ref());
     print!("{}", render(&report, args.format));
-    Ok(if report.has_failures() { ExitCode::from(1) } else { ExitCode::SUCCESS })
+    Ok(if report.has_failures() {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    })
 }

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use palisade_config::StageKind;
 
 use super::submission::{self, send_message};
-use super::Probe;
+use super::{none_tested, Probe};
 use crate::audit::{note, Ctx};
 use crate::client::Reply;
 use crate::imap::Imap;
@@ -47,42 +47,84 @@ struct Sent {
 pub async fn run(ctx: &Ctx) -> Vec<Finding> {
     if ctx.opts.store_imap.is_none() || !ctx.has_credentials() {
         let why = "needs --store-imap, --user and a password: without mailbox access the result can be neither seen nor cleaned up";
-        return PROBES.iter().map(|p| p.not_tested(why, Vec::new())).collect();
+        return none_tested(PROBES, why, Vec::new());
     }
     let user = ctx.opts.user.clone().unwrap_or_default();
-    let eicar = send(ctx, &user, "eicar", &format!("The antivirus test file:\r\n{EICAR}\r\n")).await;
-    let gtube = send(ctx, &user, "gtube", &format!("The antispam test message:\r\n{GTUBE}\r\n")).await;
+    let eicar = send(
+        ctx,
+        &user,
+        "eicar",
+        &format!("The antivirus test file:\r\n{EICAR}\r\n"),
+    )
+    .await;
+    let gtube = send(
+        ctx,
+        &user,
+        "gtube",
+        &format!("The antispam test message:\r\n{GTUBE}\r\n"),
+    )
+    .await;
     let control = send(ctx, &user, "control", "A clean control message.\r\n").await;
     let mut seen = Vec::new();
     if !matches!(&control.reply, Ok(r) if r.is_positive()) {
-        let why = format!("the clean control message was not accepted: {}", describe(&control.reply));
+        let why = format!(
+            "the clean control message was not accepted: {}",
+            describe(&control.reply)
+        );
         return vec![
             EICAR_PROBE.not_tested(&why, control.transcript.clone()),
             GTUBE_PROBE.not_tested(&why, control.transcript),
         ];
     }
     let where_ = watch(ctx, &mut seen).await;
-    let claims_av = ctx.opts.config.as_ref().map(|c| c.nodes_of(StageKind::Antivirus).next().is_some());
-    let claims_as = ctx.opts.config.as_ref().map(|c| c.nodes_of(StageKind::Antispam).next().is_some());
+    let claims_av = ctx
+        .opts
+        .config
+        .as_ref()
+        .map(|c| c.nodes_of(StageKind::Antivirus).next().is_some());
+    let claims_as = ctx
+        .opts
+        .config
+        .as_ref()
+        .map(|c| c.nodes_of(StageKind::Antispam).next().is_some());
     let (found, control_arrived) = match where_ {
         Ok(w) => w,
         Err(why) => {
-            return vec![EICAR_PROBE.not_tested(&why, seen.clone()), GTUBE_PROBE.not_tested(why, seen)];
+            return vec![
+                EICAR_PROBE.not_tested(&why, seen.clone()),
+                GTUBE_PROBE.not_tested(why, seen),
+            ];
         }
     };
-    let verdict = |p: &Probe, sent: Sent, folder: Option<&str>, claimed: Option<bool>, junk_ok: bool| {
-        let mut t = sent.transcript;
-        t.extend(seen.iter().cloned());
-        match (&sent.reply, folder) {
-            (Ok(r), _) if r.code >= 500 => p.working(format!("refused at SMTP: {}", r.summary()), t),
-            (Ok(r), _) if !r.is_positive() => p.not_tested(format!("tempfailed: {}", r.summary()), t),
+    let verdict =
+        |p: &Probe, sent: Sent, folder: Option<&str>, claimed: Option<bool>, junk_ok: bool| {
+            let mut t = sent.transcript;
+            t.extend(seen.iter().cloned());
+            match (&sent.reply, folder) {
+            (Ok(r), _) if r.code >= 500 => {
+                p.working(format!("refused at SMTP: {}", r.summary()), t)
+            }
+            (Ok(r), _) if !r.is_positive() => {
+                p.not_tested(format!("tempfailed: {}", r.summary()), t)
+            }
             (Err(e), _) => p.not_tested(e.clone(), t),
-            (Ok(_), Some(f)) if junk_ok && f != "INBOX" => p.working(format!("accepted, filed to {f}"), t),
+            (Ok(_), Some(f)) if junk_ok && f != "INBOX" => {
+                p.working(format!("accepted, filed to {f}"), t)
+            }
             (Ok(_), Some(f)) => p.failed(claimed, format!("delivered to {f}"), t),
-            (Ok(_), None) if control_arrived => p.working("accepted, then kept out of the mailbox (quarantined); the control message arrived", t),
-            (Ok(_), None) => p.not_tested(format!("the control message did not arrive within {:?}", ctx.opts.delivery_wait), t),
+            (Ok(_), None) if control_arrived => p.working(
+                "accepted, then kept out of the mailbox (quarantined); the control message arrived",
+                t,
+            ),
+            (Ok(_), None) => p.not_tested(
+                format!(
+                    "the control message did not arrive within {:?}",
+                    ctx.opts.delivery_wait
+                ),
+                t,
+            ),
         }
-    };
+        };
     vec![
         verdict(&EICAR_PROBE, eicar, found[0].as_deref(), claims_av, false),
         verdict(&GTUBE_PROBE, gtube, found[1].as_deref(), claims_as, true),
@@ -105,19 +147,36 @@ async fn send(ctx: &Ctx, user: &str, what: &str, body: &str) -> Sent {
     if ctx.opts.msa.is_some() || ctx.opts.msa_tls.is_some() {
         let mut conn = match submission::session(ctx, true).await {
             Ok(c) => c,
-            Err((why, t)) => return Sent { reply: Err(why), transcript: t },
+            Err((why, t)) => {
+                return Sent {
+                    reply: Err(why),
+                    transcript: t,
+                }
+            }
         };
         let reply = send_message(&mut conn, user, user, &message).await;
-        return Sent { reply, transcript: conn.quit().await };
+        return Sent {
+            reply,
+            transcript: conn.quit().await,
+        };
     }
     let Some(mx) = ctx.opts.mx else {
-        return Sent { reply: Err("no --msa or --mx given".into()), transcript: Vec::new() };
+        return Sent {
+            reply: Err("no --msa or --mx given".into()),
+            transcript: Vec::new(),
+        };
     };
     match ctx.ehlo(mx).await {
-        Err((why, t)) => Sent { reply: Err(why), transcript: t },
+        Err((why, t)) => Sent {
+            reply: Err(why),
+            transcript: t,
+        },
         Ok((mut conn, _)) => {
             let reply = send_message(&mut conn, &ctx.opts.sender, user, &message).await;
-            Sent { reply, transcript: conn.quit().await }
+            Sent {
+                reply,
+                transcript: conn.quit().await,
+            }
         }
     }
 }

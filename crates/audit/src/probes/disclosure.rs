@@ -20,10 +20,16 @@ pub const PROBES: &[Probe] = &[VRFY];
 
 pub async fn run(ctx: &Ctx) -> Vec<Finding> {
     let p = VRFY;
-    let (Some(mx), Some(known), Some(domain)) = (ctx.opts.mx, ctx.local_rcpt(), ctx.local_domain()) else {
+    let (Some(mx), Some(known), Some(domain)) = (ctx.opts.mx, ctx.local_rcpt(), ctx.local_domain())
+    else {
         return vec![p.not_tested("needs --mx and a local domain", Vec::new())];
     };
-    let claimed = ctx.claims(StageKind::Mx, |s| s.mechanisms.dm17_rfc2505.as_ref().is_some_and(|m| m.enabled));
+    let claimed = ctx.claims(StageKind::Mx, |s| {
+        s.mechanisms
+            .dm17_rfc2505
+            .as_ref()
+            .is_some_and(|m| m.enabled)
+    });
     let (mut conn, _) = match ctx.ehlo(mx).await {
         Ok(c) => c,
         Err((why, t)) => return vec![p.not_tested(why, t)],
@@ -45,8 +51,18 @@ pub async fn run(ctx: &Ctx) -> Vec<Finding> {
     if expn.code == 250 {
         vec![p.failed(claimed, format!("EXPN answered: {}", expn.summary()), t)]
     } else if tells(known_r.code, unknown_r.code) {
-        vec![p.failed(claimed, format!("VRFY tells them apart: existing {} / unknown {}", known_r.code, unknown_r.code), t)]
+        vec![p.failed(
+            claimed,
+            format!(
+                "VRFY tells them apart: existing {} / unknown {}",
+                known_r.code, unknown_r.code
+            ),
+            t,
+        )]
     } else {
-        vec![p.working(format!("VRFY {} for both, EXPN {}", known_r.code, expn.code), t)]
+        vec![p.working(
+            format!("VRFY {} for both, EXPN {}", known_r.code, expn.code),
+            t,
+        )]
     }
 }

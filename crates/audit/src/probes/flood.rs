@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use palisade_config::StageKind;
 
-use super::Probe;
+use super::{none_tested, Probe};
 use crate::audit::{note, Ctx};
 use crate::client::{elide, Conn};
 use crate::model::{Fault, Finding, Line};
@@ -32,14 +32,24 @@ const WINDOW: Duration = Duration::from_secs(60);
 
 pub async fn run(ctx: &Ctx) -> Vec<Finding> {
     let Some(mx) = ctx.opts.mx else {
-        return PROBES.iter().map(|p| p.not_tested("no --mx given", Vec::new())).collect();
+        return none_tested(PROBES, "no --mx given", Vec::new());
     };
     if let Some(why) = ctx.trusted_source() {
-        return PROBES.iter().map(|p| p.not_tested(&why, Vec::new())).collect();
+        return none_tested(PROBES, &why, Vec::new());
     }
     let mech = ctx.settings(StageKind::Mx).map(|s| s.mechanisms);
-    let per_client = mech.as_ref().map(|m| m.dm10_connections.as_ref().filter(|d| d.enabled).map(|d| d.per_client));
-    let per_minute = mech.as_ref().map(|m| m.dm11_rates.as_ref().filter(|d| d.enabled).map(|d| d.connections_per_minute as usize));
+    let per_client = mech.as_ref().map(|m| {
+        m.dm10_connections
+            .as_ref()
+            .filter(|d| d.enabled)
+            .map(|d| d.per_client)
+    });
+    let per_minute = mech.as_ref().map(|m| {
+        m.dm11_rates
+            .as_ref()
+            .filter(|d| d.enabled)
+            .map(|d| d.connections_per_minute as usize)
+    });
     let mut out = Vec::new();
     if ctx.wants(CONNECTIONS.fault) {
         out.push(simultaneous(ctx, mx, per_client).await);
@@ -63,7 +73,9 @@ async fn simultaneous(ctx: &Ctx, mx: std::net::SocketAddr, cap: Option<Option<us
     let p = CONNECTIONS;
     let (n, claimed, cap_text) = tries(cap, 1, ctx.opts.flood_max);
     let mut open: Vec<Conn> = Vec::new();
-    let mut t: Vec<Line> = vec![note(format!("opening up to {n} simultaneous connections ({cap_text})"))];
+    let mut t: Vec<Line> = vec![note(format!(
+        "opening up to {n} simultaneous connections ({cap_text})"
+    ))];
     let mut refused = None;
     for i in 0..n {
         let mut conn = match Conn::connect(ctx.dial(mx), Vec::new()).await {
@@ -95,7 +107,11 @@ async fn simultaneous(ctx: &Ctx, mx: std::net::SocketAddr, cap: Option<Option<us
     t.push(note(format!("{held} connections held open, then closed")));
     match refused {
         Some(why) => p.working(format!("{why} with {held} open ({cap_text})"), t),
-        None => p.failed(claimed, format!("all {held} simultaneous connections accepted ({cap_text})"), t),
+        None => p.failed(
+            claimed,
+            format!("all {held} simultaneous connections accepted ({cap_text})"),
+            t,
+        ),
     }
 }
 
@@ -104,7 +120,9 @@ async fn rate(ctx: &Ctx, mx: std::net::SocketAddr, cap: Option<Option<usize>>) -
     // Token buckets refill while we connect: a tenth more than the cap.
     let slack = cap.flatten().map_or(0, |n| n / 10 + 5);
     let (n, claimed, cap_text) = tries(cap, slack, 2 * ctx.opts.flood_max);
-    let mut t: Vec<Line> = vec![note(format!("up to {n} connections, one after another ({cap_text})"))];
+    let mut t: Vec<Line> = vec![note(format!(
+        "up to {n} connections, one after another ({cap_text})"
+    ))];
     let start = Instant::now();
     let keep = t.len();
     let mut refused = None;
@@ -137,7 +155,14 @@ async fn rate(ctx: &Ctx, mx: std::net::SocketAddr, cap: Option<Option<usize>>) -
     elide(&mut t, keep, 4, 4);
     let secs = start.elapsed().as_secs_f64();
     match refused {
-        Some(why) => p.working(format!("{why} after {accepted} in {secs:.1} s ({cap_text})"), t),
-        None => p.failed(claimed, format!("{accepted} connections in {secs:.1} s accepted ({cap_text})"), t),
+        Some(why) => p.working(
+            format!("{why} after {accepted} in {secs:.1} s ({cap_text})"),
+            t,
+        ),
+        None => p.failed(
+            claimed,
+            format!("{accepted} connections in {secs:.1} s accepted ({cap_text})"),
+            t,
+        ),
     }
 }

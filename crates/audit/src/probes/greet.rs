@@ -40,9 +40,20 @@ pub async fn run(ctx: &Ctx) -> Vec<Finding> {
         let second = conn.reply().await;
         let t = conn.quit().await;
         return match second {
-            Ok(r) if r.code == 250 => vec![p.failed(claimed, "banner sent at once and the early EHLO answered 250", t)],
-            Ok(r) if r.code >= 500 || r.code == 421 => vec![p.working(format!("early EHLO refused after the banner: {}", r.summary()), t)],
-            Ok(r) => vec![p.failed(claimed, format!("banner sent at once; early EHLO got {}", r.summary()), t)],
+            Ok(r) if r.code == 250 => vec![p.failed(
+                claimed,
+                "banner sent at once and the early EHLO answered 250",
+                t,
+            )],
+            Ok(r) if r.code >= 500 || r.code == 421 => vec![p.working(
+                format!("early EHLO refused after the banner: {}", r.summary()),
+                t,
+            )],
+            Ok(r) => vec![p.failed(
+                claimed,
+                format!("banner sent at once; early EHLO got {}", r.summary()),
+                t,
+            )],
             Err(e) => vec![p.not_tested(format!("after the banner: {e}"), t)],
         };
     }

@@ -29,7 +29,12 @@ pub async fn run(ctx: &Ctx) -> Vec<Finding> {
     if let Some(why) = ctx.trusted_source() {
         return vec![p.not_tested(why, Vec::new())];
     }
-    let claimed = ctx.claims(StageKind::Mx, |s| s.mechanisms.dm22_greylist.as_ref().is_some_and(|m| m.enabled));
+    let claimed = ctx.claims(StageKind::Mx, |s| {
+        s.mechanisms
+            .dm22_greylist
+            .as_ref()
+            .is_some_and(|m| m.enabled)
+    });
     let sender = match ctx.opts.sender.rsplit_once('@') {
         Some((user, domain)) => format!("{user}+grey-{}@{domain}", ctx.nonce),
         None => ctx.opts.sender.clone(),
@@ -45,7 +50,13 @@ pub async fn run(ctx: &Ctx) -> Vec<Finding> {
         Err(e) => return vec![p.not_tested(e.to_string(), conn.into_transcript())],
     };
     if !mail.is_positive() {
-        return vec![p.not_tested(format!("MAIL refused: {}; give a --sender the target accepts", mail.summary()), conn.quit().await)];
+        return vec![p.not_tested(
+            format!(
+                "MAIL refused: {}; give a --sender the target accepts",
+                mail.summary()
+            ),
+            conn.quit().await,
+        )];
     }
     let r = match conn.cmd(&format!("RCPT TO:<{rcpt}>")).await {
         Ok(r) => r,
@@ -56,8 +67,15 @@ pub async fn run(ctx: &Ctx) -> Vec<Finding> {
     if is_greylisted(&r) {
         vec![p.working(format!("first attempt tempfailed: {}", r.summary()), t)]
     } else if r.is_positive() {
-        vec![p.failed(claimed, format!("first attempt accepted at once: {}", r.summary()), t)]
+        vec![p.failed(
+            claimed,
+            format!("first attempt accepted at once: {}", r.summary()),
+            t,
+        )]
     } else {
-        vec![p.not_tested(format!("recipient refused for another reason: {}", r.summary()), t)]
+        vec![p.not_tested(
+            format!("recipient refused for another reason: {}", r.summary()),
+            t,
+        )]
     }
 }

@@ -27,14 +27,23 @@ pub async fn run(ctx: &Ctx) -> Vec<Finding> {
     let mut out = Vec::new();
     for &addr in &ctx.opts.internal {
         let mut f = match Conn::connect(ctx.dial(addr), Vec::new()).await {
-            Err(e) => p.working(format!("{addr} not reachable: {e}"), vec![crate::audit::note(format!("connect {addr}: {e}"))]),
+            Err(e) => p.working(
+                format!("{addr} not reachable: {e}"),
+                vec![crate::audit::note(format!("connect {addr}: {e}"))],
+            ),
             Ok(mut conn) => match conn.banner().await {
                 Ok(b) if b.code == 220 => {
                     let t = conn.quit().await;
                     p.failed(claimed, format!("{addr} accepts us: {}", b.summary()), t)
                 }
-                Ok(b) => p.working(format!("{addr} refuses us: {}", b.summary()), conn.into_transcript()),
-                Err(e) => p.working(format!("{addr} gave no banner: {e}"), conn.into_transcript()),
+                Ok(b) => p.working(
+                    format!("{addr} refuses us: {}", b.summary()),
+                    conn.into_transcript(),
+                ),
+                Err(e) => p.working(
+                    format!("{addr} gave no banner: {e}"),
+                    conn.into_transcript(),
+                ),
             },
         };
         f.title = format!("{} ({addr})", p.title);

@@ -35,7 +35,12 @@ pub struct Probe {
 }
 
 impl Probe {
-    pub fn finding(&self, verdict: Verdict, detail: impl Into<String>, transcript: Vec<Line>) -> Finding {
+    pub fn finding(
+        &self,
+        verdict: Verdict,
+        detail: impl Into<String>,
+        transcript: Vec<Line>,
+    ) -> Finding {
         Finding {
             fault: self.fault,
             mechanism: self.mechanism,
@@ -57,10 +62,27 @@ impl Probe {
 
     /// The fault got through: "not working" when the config (or the target
     /// itself, e.g. an advertised SIZE) claims the defense, else "absent".
-    pub fn failed(&self, claimed: Option<bool>, detail: impl Into<String>, transcript: Vec<Line>) -> Finding {
-        let verdict = if claimed == Some(true) { Verdict::NotWorking } else { Verdict::Absent };
+    pub fn failed(
+        &self,
+        claimed: Option<bool>,
+        detail: impl Into<String>,
+        transcript: Vec<Line>,
+    ) -> Finding {
+        let verdict = if claimed == Some(true) {
+            Verdict::NotWorking
+        } else {
+            Verdict::Absent
+        };
         self.finding(verdict, detail, transcript)
     }
+}
+
+/// The same "not tested" for every probe of a module (no address, no account).
+pub fn none_tested(probes: &[Probe], why: &str, transcript: Vec<Line>) -> Vec<Finding> {
+    probes
+        .iter()
+        .map(|p| p.not_tested(why, transcript.clone()))
+        .collect()
 }
 
 /// Every probe, in the order they run.
@@ -99,7 +121,39 @@ pub async fn run_all(ctx: &Ctx) -> Vec<Finding> {
             }
         )*};
     }
-    step!(internal, tls, greet, relay, sender, recipients, disclosure, greylist, size, smuggling,
-          submission, content, quota, flood);
+    step!(
+        internal, tls, greet, relay, sender, recipients, disclosure, greylist, size, smuggling,
+        submission, content, quota, flood
+    );
     out
+}
+
+#[cfg(test)]
+mod tests {
+    /// docs/audit-probes.md has one row per probe, by id: admins read it
+    /// to know what each verdict means.
+    #[test]
+    fn ids_are_unique_and_documented() {
+        let doc = include_str!("../../../../docs/audit-probes.md");
+        let mut seen = std::collections::BTreeSet::new();
+        for p in super::all() {
+            assert!(seen.insert(p.id), "duplicate probe id {}", p.id);
+            let row = format!("| `{}` |", p.id);
+            assert!(doc.contains(&row), "docs/audit-probes.md lacks {row}");
+            let fault = format!("| {} |", p.fault.id());
+            let line = doc.lines().find(|l| l.starts_with(&row)).unwrap();
+            assert!(
+                line.contains(&fault),
+                "{}: fault {} not in its row",
+                p.id,
+                p.fault.id()
+            );
+            let mech = p.mechanism.map_or("—".to_string(), |m| format!("DM{m}"));
+            assert!(
+                line.contains(&format!("| {mech} |")),
+                "{}: {mech} not in its row",
+                p.id
+            );
+        }
+    }
 }

@@ -31,20 +31,27 @@ pub async fn run(ctx: &Ctx) -> Vec<Finding> {
         Err(e) => return vec![p.not_tested(e.to_string(), t)],
     };
     if !r.ok {
-        return vec![p.not_tested(format!("the store reports no quotas (GETQUOTAROOT: {})", r.status), t)];
+        return vec![p.not_tested(
+            format!("the store reports no quotas (GETQUOTAROOT: {})", r.status),
+            t,
+        )];
     }
     // `* QUOTA "" (STORAGE used limit)`, in KiB.
     let storage = r.untagged.iter().find_map(|l| {
         let rest = l.strip_prefix("* QUOTA ")?;
         let inner = &rest[rest.find('(')? + 1..rest.rfind(')')?];
         let words: Vec<&str> = inner.split_whitespace().collect();
-        let i = words.iter().position(|w| w.eq_ignore_ascii_case("STORAGE"))?;
+        let i = words
+            .iter()
+            .position(|w| w.eq_ignore_ascii_case("STORAGE"))?;
         let used: u64 = words.get(i + 1)?.parse().ok()?;
         let limit: u64 = words.get(i + 2)?.parse().ok()?;
         Some((used, limit))
     });
     match storage {
-        Some((used, limit)) if limit > 0 => vec![p.working(format!("STORAGE quota {limit} KiB ({used} KiB used)"), t)],
+        Some((used, limit)) if limit > 0 => {
+            vec![p.working(format!("STORAGE quota {limit} KiB ({used} KiB used)"), t)]
+        }
         _ => vec![p.failed(None, "no storage limit on the test account's mailbox", t)],
     }
 }

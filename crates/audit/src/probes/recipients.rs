@@ -47,15 +47,34 @@ async fn unknown(ctx: &Ctx) -> Finding {
     };
     let mut conn = env.conn;
     let Some(r) = env.rcpt else {
-        return p.not_tested(format!("MAIL refused: {}; give a --sender the target accepts", env.mail.summary()), conn.quit().await);
+        return p.not_tested(
+            format!(
+                "MAIL refused: {}; give a --sender the target accepts",
+                env.mail.summary()
+            ),
+            conn.quit().await,
+        );
     };
     if r.code >= 500 {
-        p.working(format!("refused at RCPT: {}", r.summary()), conn.quit().await)
+        p.working(
+            format!("refused at RCPT: {}", r.summary()),
+            conn.quit().await,
+        )
     } else if r.is_positive() {
         let _ = conn.cmd("RSET").await;
-        p.failed(claimed, format!("RCPT TO:<{nobody}> accepted ({}): the target would bounce it later", r.summary()), conn.quit().await)
+        p.failed(
+            claimed,
+            format!(
+                "RCPT TO:<{nobody}> accepted ({}): the target would bounce it later",
+                r.summary()
+            ),
+            conn.quit().await,
+        )
     } else if is_greylisted(&r) {
-        p.not_tested(format!("greylisted before the recipient check: {}", r.summary()), conn.quit().await)
+        p.not_tested(
+            format!("greylisted before the recipient check: {}", r.summary()),
+            conn.quit().await,
+        )
     } else {
         p.not_tested(format!("tempfailed: {}", r.summary()), conn.quit().await)
     }
@@ -68,16 +87,10 @@ async fn limit(ctx: &Ctx) -> Finding {
     };
     let configured = ctx.settings(StageKind::Mx).map(|s| s.limits.max_recipients);
     let tries = configured.map_or(UNKNOWN_LIMIT_TRIES, |n| n + 1);
-    let env = match ctx.envelope(mx, &ctx.opts.sender, "", &rcpt).await {
-        Ok(env) => env,
+    let mut conn = match ctx.open_transaction(mx, &rcpt, false).await {
+        Ok(c) => c,
         Err((why, t)) => return p.not_tested(why, t),
     };
-    let mut conn = env.conn;
-    match &env.rcpt {
-        Some(r) if r.is_positive() => {}
-        Some(r) => return p.not_tested(format!("first recipient not accepted: {}", r.summary()), conn.quit().await),
-        None => return p.not_tested(format!("MAIL refused: {}", env.mail.summary()), conn.quit().await),
-    }
     // The same valid recipient again: every RCPT counts against the cap,
     // and no unknown-recipient throttle (DM36) is triggered.
     let mut accepted = 1;
@@ -101,10 +114,35 @@ async fn limit(ctx: &Ctx) -> Finding {
     let _ = conn.cmd("RSET").await;
     let t = conn.quit().await;
     match (refusal, configured) {
-        (Some(r), Some(n)) if accepted <= n => p.working(format!("recipient {} refused: {} (configured cap {n})", accepted + 1, r.summary()), t),
-        (Some(r), Some(n)) => p.failed(Some(true), format!("{accepted} accepted before {} (configured cap {n})", r.summary()), t),
-        (Some(r), None) => p.working(format!("recipient {} refused: {}", accepted + 1, r.summary()), t),
-        (None, Some(n)) => p.failed(Some(true), format!("all {accepted} recipients accepted (configured cap {n})"), t),
-        (None, None) => p.failed(None, format!("all {accepted} recipients accepted: no cap up to {tries}"), t),
+        (Some(r), Some(n)) if accepted <= n => p.working(
+            format!(
+                "recipient {} refused: {} (configured cap {n})",
+                accepted + 1,
+                r.summary()
+            ),
+            t,
+        ),
+        (Some(r), Some(n)) => p.failed(
+            Some(true),
+            format!(
+                "{accepted} accepted before {} (configured cap {n})",
+                r.summary()
+            ),
+            t,
+        ),
+        (Some(r), None) => p.working(
+            format!("recipient {} refused: {}", accepted + 1, r.summary()),
+            t,
+        ),
+        (None, Some(n)) => p.failed(
+            Some(true),
+            format!("all {accepted} recipients accepted (configured cap {n})"),
+            t,
+        ),
+        (None, None) => p.failed(
+            None,
+            format!("all {accepted} recipients accepted: no cap up to {tries}"),
+            t,
+        ),
     }
 }

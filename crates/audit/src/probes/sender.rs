@@ -27,7 +27,10 @@ async fn forged(ctx: &Ctx) -> Finding {
         return p.not_tested("needs --mx and a local domain", Vec::new());
     };
     let claimed = ctx.claims(StageKind::Mx, |s| {
-        s.mechanisms.dm19_mta_rules.as_ref().is_some_and(|m| m.enabled && m.refuse_local_forgery)
+        s.mechanisms
+            .dm19_mta_rules
+            .as_ref()
+            .is_some_and(|m| m.enabled && m.refuse_local_forgery)
     });
     let env = match ctx.envelope(mx, &victim, "", &victim).await {
         Ok(env) => env,
@@ -35,12 +38,24 @@ async fn forged(ctx: &Ctx) -> Finding {
     };
     let mut conn = env.conn;
     match env.rcpt {
-        None if env.mail.code >= 500 => p.working(format!("MAIL FROM:<{victim}> refused: {}", env.mail.summary()), conn.quit().await),
-        None => p.not_tested(format!("MAIL tempfailed: {}", env.mail.summary()), conn.quit().await),
-        Some(r) if r.code >= 500 => p.working(format!("refused at RCPT: {}", r.summary()), conn.quit().await),
+        None if env.mail.code >= 500 => p.working(
+            format!("MAIL FROM:<{victim}> refused: {}", env.mail.summary()),
+            conn.quit().await,
+        ),
+        None => p.not_tested(
+            format!("MAIL tempfailed: {}", env.mail.summary()),
+            conn.quit().await,
+        ),
+        Some(r) if r.code >= 500 => p.working(
+            format!("refused at RCPT: {}", r.summary()),
+            conn.quit().await,
+        ),
         Some(r) => {
             let _ = conn.cmd("RSET").await;
-            let detail = format!("MAIL FROM:<{victim}> accepted from outside without AUTH; RCPT: {}", r.summary());
+            let detail = format!(
+                "MAIL FROM:<{victim}> accepted from outside without AUTH; RCPT: {}",
+                r.summary()
+            );
             p.failed(claimed, detail, conn.quit().await)
         }
     }

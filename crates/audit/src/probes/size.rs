@@ -5,7 +5,7 @@
 
 use palisade_config::StageKind;
 
-use super::Probe;
+use super::{none_tested, Probe};
 use crate::audit::Ctx;
 use crate::client::Reply;
 use crate::model::{Fault, Finding};
@@ -35,19 +35,24 @@ fn ehlo_limit(ehlo: &Reply) -> Option<u64> {
 
 pub async fn run(ctx: &Ctx) -> Vec<Finding> {
     let (Some(mx), Some(rcpt)) = (ctx.opts.mx, ctx.local_rcpt()) else {
-        return PROBES.iter().map(|p| p.not_tested("needs --mx and a local recipient", Vec::new())).collect();
+        return none_tested(PROBES, "needs --mx and a local recipient", Vec::new());
     };
-    let configured = ctx.settings(StageKind::Mx).map(|s| s.limits.max_message_size);
+    let configured = ctx
+        .settings(StageKind::Mx)
+        .map(|s| s.limits.max_message_size);
     // The declared probe learns the advertised limit from EHLO.
     let (mut conn, ehlo) = match ctx.ehlo(mx).await {
         Ok(c) => c,
-        Err((why, t)) => return PROBES.iter().map(|p| p.not_tested(&why, t.clone())).collect(),
+        Err((why, t)) => return none_tested(PROBES, &why, t.clone()),
     };
     let advertised = ehlo_limit(&ehlo);
     let limit = configured.or(advertised);
     let declared = limit.map_or(UNLIMITED_PROBE, |l| l + 1);
     let claimed = Some(limit.is_some());
-    let first = match conn.cmd(&format!("MAIL FROM:<{}> SIZE={declared}", ctx.opts.sender)).await {
+    let first = match conn
+        .cmd(&format!("MAIL FROM:<{}> SIZE={declared}", ctx.opts.sender))
+        .await
+    {
         Ok(r) => {
             let _ = conn.cmd("RSET").await;
             let t = conn.quit().await;
@@ -57,42 +62,54 @@ pub async fn run(ctx: &Ctx) -> Vec<Finding> {
                 (None, None) => "no SIZE in EHLO".to_string(),
             };
             if r.code == 552 || r.enhanced() == "5.3.4" {
-                DECLARED.working(format!("SIZE={declared} refused: {} ({limit_text})", r.summary()), t)
+                DECLARED.working(
+                    format!("SIZE={declared} refused: {} ({limit_text})", r.summary()),
+                    t,
+                )
             } else if r.is_positive() {
-                DECLARED.failed(claimed, format!("SIZE={declared} accepted ({limit_text})"), t)
+                DECLARED.failed(
+                    claimed,
+                    format!("SIZE={declared} accepted ({limit_text})"),
+                    t,
+                )
             } else {
-                DECLARED.not_tested(format!("MAIL refused for another reason: {}", r.summary()), t)
+                DECLARED.not_tested(
+                    format!("MAIL refused for another reason: {}", r.summary()),
+                    t,
+                )
             }
         }
         Err(e) => DECLARED.not_tested(e.to_string(), conn.into_transcript()),
     };
     let second = match limit {
-        None => ACTUAL.not_tested("the target names no size limit (no SIZE in EHLO); an unbounded body is not sent", Vec::new()),
-        Some(l) if l + 65536 > ctx.opts.size_probe_max => {
-            ACTUAL.not_tested(format!("limit {l} is above --size-probe-max {}", ctx.opts.size_probe_max), Vec::new())
-        }
+        None => ACTUAL.not_tested(
+            "the target names no size limit (no SIZE in EHLO); an unbounded body is not sent",
+            Vec::new(),
+        ),
+        Some(l) if l + 65536 > ctx.opts.size_probe_max => ACTUAL.not_tested(
+            format!(
+                "limit {l} is above --size-probe-max {}",
+                ctx.opts.size_probe_max
+            ),
+            Vec::new(),
+        ),
         Some(l) => actual(ctx, mx, &rcpt, l, claimed).await,
     };
     vec![first, second]
 }
 
-async fn actual(ctx: &Ctx, mx: std::net::SocketAddr, rcpt: &str, limit: u64, claimed: Option<bool>) -> Finding {
+async fn actual(
+    ctx: &Ctx,
+    mx: std::net::SocketAddr,
+    rcpt: &str,
+    limit: u64,
+    claimed: Option<bool>,
+) -> Finding {
     let p = ACTUAL;
-    let env = match ctx.envelope(mx, &ctx.opts.sender, "", rcpt).await {
-        Ok(env) => env,
+    let mut conn = match ctx.open_transaction(mx, rcpt, true).await {
+        Ok(c) => c,
         Err((why, t)) => return p.not_tested(why, t),
     };
-    let mut conn = env.conn;
-    match &env.rcpt {
-        Some(r) if r.is_positive() => {}
-        Some(r) => return p.not_tested(format!("recipient not accepted: {}", r.summary()), conn.quit().await),
-        None => return p.not_tested(format!("MAIL refused: {}", env.mail.summary()), conn.quit().await),
-    }
-    match conn.cmd("DATA").await {
-        Ok(r) if r.code == 354 => {}
-        Ok(r) => return p.not_tested(format!("DATA refused: {}", r.summary()), conn.quit().await),
-        Err(e) => return p.not_tested(e.to_string(), conn.into_transcript()),
-    }
     let header = format!(
         "From: <{}>\r\nTo: <{rcpt}>\r\nSubject: {}\r\n\r\n",
         ctx.opts.sender,
@@ -106,7 +123,9 @@ async fn actual(ctx: &Ctx, mx: std::net::SocketAddr, rcpt: &str, limit: u64, cla
         chunk.extend_from_slice(b"\r\n");
     }
     let _ = conn.send_raw(header.as_bytes(), header.trim_end()).await;
-    conn.note(format!("... body of {target} bytes in 64 KiB chunks (limit {limit})"));
+    conn.note(format!(
+        "... body of {target} bytes in 64 KiB chunks (limit {limit})"
+    ));
     let mut sent = header.len() as u64;
     let mut write_failed = None;
     while sent < target {
@@ -120,17 +139,29 @@ async fn actual(ctx: &Ctx, mx: std::net::SocketAddr, rcpt: &str, limit: u64, cla
         let _ = conn.send_raw(b".\r\n", ".").await;
     }
     match conn.reply().await {
-        Ok(r) if r.code == 552 || r.enhanced() == "5.3.4" => {
-            p.working(format!("refused after {sent} bytes: {}", r.summary()), conn.quit().await)
-        }
-        Ok(r) if r.is_positive() => {
-            p.failed(claimed, format!("{sent} bytes accepted over the limit of {limit}: {}", r.summary()), conn.quit().await)
-        }
-        Ok(r) if r.code >= 500 => p.working(format!("refused after {sent} bytes: {}", r.summary()), conn.quit().await),
+        Ok(r) if r.code == 552 || r.enhanced() == "5.3.4" => p.working(
+            format!("refused after {sent} bytes: {}", r.summary()),
+            conn.quit().await,
+        ),
+        Ok(r) if r.is_positive() => p.failed(
+            claimed,
+            format!(
+                "{sent} bytes accepted over the limit of {limit}: {}",
+                r.summary()
+            ),
+            conn.quit().await,
+        ),
+        Ok(r) if r.code >= 500 => p.working(
+            format!("refused after {sent} bytes: {}", r.summary()),
+            conn.quit().await,
+        ),
         Ok(r) => p.not_tested(format!("tempfailed: {}", r.summary()), conn.quit().await),
         Err(e) => {
             let why = write_failed.unwrap_or_else(|| e.to_string());
-            p.not_tested(format!("connection lost after {sent} bytes without a reply: {why}"), conn.into_transcript())
+            p.not_tested(
+                format!("connection lost after {sent} bytes without a reply: {why}"),
+                conn.into_transcript(),
+            )
         }
     }
 }

@@ -10,18 +10,32 @@
 
 use std::time::Duration;
 
-use super::Probe;
+use super::{none_tested, Probe};
 use crate::audit::Ctx;
 use crate::model::{Fault, Finding};
 
 const fn probe(id: &'static str, title: &'static str) -> Probe {
-    Probe { id, fault: Fault::Forging, mechanism: None, title }
+    Probe {
+        id,
+        fault: Fault::Forging,
+        mechanism: None,
+        title,
+    }
 }
 
 pub const PROBES: &[Probe] = &[
-    probe("smuggling-lf-dot-lf", "bare LF end of data <LF>.<LF> does not end the message"),
-    probe("smuggling-crlf-dot-cr", "<CR><LF>.<CR> does not end the message"),
-    probe("smuggling-lf-dot-crlf", "<LF>.<CR><LF> does not end the message"),
+    probe(
+        "smuggling-lf-dot-lf",
+        "bare LF end of data <LF>.<LF> does not end the message",
+    ),
+    probe(
+        "smuggling-crlf-dot-cr",
+        "<CR><LF>.<CR> does not end the message",
+    ),
+    probe(
+        "smuggling-lf-dot-crlf",
+        "<LF>.<CR><LF> does not end the message",
+    ),
 ];
 
 const PAYLOADS: [(&[u8], &str); 3] = [
@@ -32,7 +46,7 @@ const PAYLOADS: [(&[u8], &str); 3] = [
 
 pub async fn run(ctx: &Ctx) -> Vec<Finding> {
     let (Some(mx), Some(rcpt)) = (ctx.opts.mx, ctx.local_rcpt()) else {
-        return PROBES.iter().map(|p| p.not_tested("needs --mx and a local recipient", Vec::new())).collect();
+        return none_tested(PROBES, "needs --mx and a local recipient", Vec::new());
     };
     let claimed = ctx.opts.config.as_ref().map(|_| true);
     let mut out = Vec::new();
@@ -53,21 +67,10 @@ async fn one(
     shown: &str,
     claimed: Option<bool>,
 ) -> Finding {
-    let env = match ctx.envelope(mx, &ctx.opts.sender, "", rcpt).await {
-        Ok(env) => env,
+    let mut conn = match ctx.open_transaction(mx, rcpt, true).await {
+        Ok(c) => c,
         Err((why, t)) => return p.not_tested(why, t),
     };
-    let mut conn = env.conn;
-    match &env.rcpt {
-        Some(r) if r.is_positive() => {}
-        Some(r) => return p.not_tested(format!("recipient not accepted: {}", r.summary()), conn.quit().await),
-        None => return p.not_tested(format!("MAIL refused: {}", env.mail.summary()), conn.quit().await),
-    }
-    match conn.cmd("DATA").await {
-        Ok(r) if r.code == 354 => {}
-        Ok(r) => return p.not_tested(format!("DATA refused: {}", r.summary()), conn.quit().await),
-        Err(e) => return p.not_tested(e.to_string(), conn.into_transcript()),
-    }
     let sender = &ctx.opts.sender;
     let head = format!(
         "From: <{sender}>\r\nTo: <{rcpt}>\r\nSubject: {}\r\n\r\nfirst part",
@@ -86,7 +89,12 @@ async fn one(
     }
     let first = match conn.reply().await {
         Ok(r) => r,
-        Err(e) => return p.not_tested(format!("no reply to the message: {e}"), conn.into_transcript()),
+        Err(e) => {
+            return p.not_tested(
+                format!("no reply to the message: {e}"),
+                conn.into_transcript(),
+            )
+        }
     };
     if !first.is_positive() {
         let verdict = format!("message refused: {}", first.summary());
@@ -100,7 +108,11 @@ async fn one(
     match extra {
         Ok(Ok(r)) => p.failed(
             claimed,
-            format!("{shown} ended the message ({}); the smuggled MAIL got {}", first.summary(), r.summary()),
+            format!(
+                "{shown} ended the message ({}); the smuggled MAIL got {}",
+                first.summary(),
+                r.summary()
+            ),
             t,
         ),
         _ => p.working(format!("kept as data: one message, {}", first.summary()), t),

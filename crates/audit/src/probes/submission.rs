@@ -9,7 +9,7 @@
 use base64::Engine;
 use palisade_config::StageKind;
 
-use super::Probe;
+use super::{none_tested, Probe};
 use crate::audit::Ctx;
 use crate::client::{Conn, Reply};
 use crate::model::{Fault, Finding, Line};
@@ -52,7 +52,10 @@ pub async fn session(ctx: &Ctx, auth: bool) -> Result<Conn, (String, Vec<Line>)>
         (Some(addr), _) => {
             let (mut conn, ehlo) = ctx.ehlo(addr).await?;
             if !ehlo.has_keyword("STARTTLS") {
-                return Err(("STARTTLS not offered on submission".into(), conn.quit().await));
+                return Err((
+                    "STARTTLS not offered on submission".into(),
+                    conn.quit().await,
+                ));
             }
             match conn.cmd("STARTTLS").await {
                 Ok(r) if r.code == 220 => {}
@@ -81,7 +84,10 @@ pub async fn session(ctx: &Ctx, auth: bool) -> Result<Conn, (String, Vec<Line>)>
             return Err(("needs --user and a password".into(), conn.into_transcript()));
         };
         let line = format!("AUTH PLAIN {}", auth_plain(user, password));
-        if let Err(e) = conn.send_secret(&line, &format!("AUTH PLAIN <credentials of {user}>")).await {
+        if let Err(e) = conn
+            .send_secret(&line, &format!("AUTH PLAIN <credentials of {user}>"))
+            .await
+        {
             return Err((e.to_string(), conn.into_transcript()));
         }
         match conn.reply().await {
@@ -95,7 +101,7 @@ pub async fn session(ctx: &Ctx, auth: bool) -> Result<Conn, (String, Vec<Line>)>
 
 pub async fn run(ctx: &Ctx) -> Vec<Finding> {
     let Some(domain) = ctx.local_domain() else {
-        return PROBES.iter().map(|p| p.not_tested("no local domain", Vec::new())).collect();
+        return none_tested(PROBES, "no local domain", Vec::new());
     };
     let other = match &ctx.opts.user {
         Some(u) if u.starts_with("postmaster@") => format!("audit-other-{}@{domain}", ctx.nonce),
@@ -120,28 +126,55 @@ async fn auth_clear(ctx: &Ctx, domain: &str) -> Finding {
     };
     let offered = ehlo.keyword("AUTH");
     // Made-up credentials: a real password never goes out in the clear.
-    let fake = auth_plain(&format!("audit-nobody-{}@{domain}", ctx.nonce), "not-a-password");
+    let fake = auth_plain(
+        &format!("audit-nobody-{}@{domain}", ctx.nonce),
+        "not-a-password",
+    );
     let reply = conn.cmd(&format!("AUTH PLAIN {fake}")).await;
     let t = conn.quit().await;
     let claimed = ctx.opts.config.as_ref().map(|_| true);
     match (offered, reply) {
         (Some(mechs), _) => p.failed(claimed, format!("AUTH {mechs} offered before STARTTLS"), t),
-        (None, Ok(r)) if r.code == 235 || r.code == 535 || r.code == 334 => {
-            p.failed(claimed, format!("not offered, but credentials are checked in the clear: {}", r.summary()), t)
-        }
-        (None, Ok(r)) => p.working(format!("AUTH not offered before TLS; attempt refused: {}", r.summary()), t),
-        (None, Err(e)) => p.working(format!("AUTH not offered before TLS; attempt ended the session: {e}"), t),
+        (None, Ok(r)) if r.code == 235 || r.code == 535 || r.code == 334 => p.failed(
+            claimed,
+            format!(
+                "not offered, but credentials are checked in the clear: {}",
+                r.summary()
+            ),
+            t,
+        ),
+        (None, Ok(r)) => p.working(
+            format!(
+                "AUTH not offered before TLS; attempt refused: {}",
+                r.summary()
+            ),
+            t,
+        ),
+        (None, Err(e)) => p.working(
+            format!("AUTH not offered before TLS; attempt ended the session: {e}"),
+            t,
+        ),
     }
 }
 
 /// MAIL (and RCPT) inside an open session; the verdict is whether MAIL
 /// FROM was refused. RSET before DATA: nothing is sent.
-async fn try_mail(conn: &mut Conn, sender: &str, rcpt: &str) -> Result<(Reply, Option<Reply>), String> {
-    let mail = conn.cmd(&format!("MAIL FROM:<{sender}>")).await.map_err(|e| e.to_string())?;
+async fn try_mail(
+    conn: &mut Conn,
+    sender: &str,
+    rcpt: &str,
+) -> Result<(Reply, Option<Reply>), String> {
+    let mail = conn
+        .cmd(&format!("MAIL FROM:<{sender}>"))
+        .await
+        .map_err(|e| e.to_string())?;
     if !mail.is_positive() {
         return Ok((mail, None));
     }
-    let r = conn.cmd(&format!("RCPT TO:<{rcpt}>")).await.map_err(|e| e.to_string())?;
+    let r = conn
+        .cmd(&format!("RCPT TO:<{rcpt}>"))
+        .await
+        .map_err(|e| e.to_string())?;
     let _ = conn.cmd("RSET").await;
     Ok((mail, Some(r)))
 }
@@ -160,10 +193,18 @@ async fn no_auth(ctx: &Ctx) -> Finding {
     let claimed = ctx.opts.config.as_ref().map(|_| true);
     match result {
         Err(e) => p.not_tested(e, t),
-        Ok((mail, None)) if mail.code >= 500 => p.working(format!("MAIL without AUTH refused: {}", mail.summary()), t),
+        Ok((mail, None)) if mail.code >= 500 => {
+            p.working(format!("MAIL without AUTH refused: {}", mail.summary()), t)
+        }
         Ok((mail, None)) => p.not_tested(format!("MAIL tempfailed: {}", mail.summary()), t),
-        Ok((_, Some(r))) if r.code >= 500 => p.working(format!("refused at RCPT: {}", r.summary()), t),
-        Ok((_, Some(r))) => p.failed(claimed, format!("submission without AUTH accepted: RCPT {}", r.summary()), t),
+        Ok((_, Some(r))) if r.code >= 500 => {
+            p.working(format!("refused at RCPT: {}", r.summary()), t)
+        }
+        Ok((_, Some(r))) => p.failed(
+            claimed,
+            format!("submission without AUTH accepted: RCPT {}", r.summary()),
+            t,
+        ),
     }
 }
 
@@ -181,9 +222,16 @@ async fn send_as(ctx: &Ctx, other: &str) -> Finding {
     let claimed = ctx.opts.config.as_ref().map(|_| true);
     match result {
         Err(e) => p.not_tested(e, t),
-        Ok((mail, None)) if mail.code >= 500 => p.working(format!("MAIL FROM:<{other}> refused: {}", mail.summary()), t),
+        Ok((mail, None)) if mail.code >= 500 => p.working(
+            format!("MAIL FROM:<{other}> refused: {}", mail.summary()),
+            t,
+        ),
         Ok((mail, None)) => p.not_tested(format!("MAIL tempfailed: {}", mail.summary()), t),
-        Ok((_, Some(r))) => p.failed(claimed, format!("{user} may send as <{other}>: RCPT {}", r.summary()), t),
+        Ok((_, Some(r))) => p.failed(
+            claimed,
+            format!("{user} may send as <{other}>: RCPT {}", r.summary()),
+            t,
+        ),
     }
 }
 
@@ -207,16 +255,28 @@ async fn header_from(ctx: &Ctx, other: &str) -> Finding {
     match reply {
         Err(e) => p.not_tested(e, t),
         Ok(r) if r.code >= 500 => p.working(format!("refused: {}", r.summary()), t),
-        Ok(r) if r.is_positive() => p.failed(claimed, format!("From: <{other}> accepted from {user}: {}", r.summary()), t),
+        Ok(r) if r.is_positive() => p.failed(
+            claimed,
+            format!("From: <{other}> accepted from {user}: {}", r.summary()),
+            t,
+        ),
         Ok(r) => p.not_tested(format!("tempfailed: {}", r.summary()), t),
     }
 }
 
 /// MAIL, RCPT, DATA of a small message (dot-stuffed); the reply that
 /// decided it (MAIL's, RCPT's or the final one).
-pub async fn send_message(conn: &mut Conn, sender: &str, rcpt: &str, message: &str) -> Result<Reply, String> {
+pub async fn send_message(
+    conn: &mut Conn,
+    sender: &str,
+    rcpt: &str,
+    message: &str,
+) -> Result<Reply, String> {
     let e = |e: crate::client::Stop| e.to_string();
-    let mail = conn.cmd(&format!("MAIL FROM:<{sender}>")).await.map_err(e)?;
+    let mail = conn
+        .cmd(&format!("MAIL FROM:<{sender}>"))
+        .await
+        .map_err(e)?;
     if !mail.is_positive() {
         return Ok(mail);
     }
@@ -240,6 +300,8 @@ pub async fn send_message(conn: &mut Conn, sender: &str, rcpt: &str, message: &s
         body.push_str("\r\n");
     }
     body.push_str(".\r\n");
-    conn.send_raw(body.as_bytes(), body.trim_end()).await.map_err(e)?;
+    conn.send_raw(body.as_bytes(), body.trim_end())
+        .await
+        .map_err(e)?;
     conn.reply().await.map_err(e)
 }
