@@ -22,3 +22,9 @@ pub mod model;
 pub mod render;
 pub mod report;
 pub mod review;
+
+// `palisade audit` (step 2): the runner, its probes and their transcript client.
+pub mod audit;
+pub mod client;
+pub mod imap;
+pub mod probes;

@@ -1,5 +1,6 @@
 //! `palisade`: the admin command (shared/SPEC.md §2).
 
+mod audit;
 mod clamd;
 mod dkim;
 mod quarantine;
@@ -60,6 +61,8 @@ enum Command {
     /// Step 1 of the methodology: Table I per stage, the fault coverage
     /// matrix and the plan for unprotected faults (exit 1 if any).
     Review(review::ReviewArgs),
+    /// Step 2 of the methodology: active fault-detection probes against a running deployment.
+    Audit(Box<audit::AuditArgs>),
 }
 
 fn main() -> ExitCode {
@@ -73,6 +76,7 @@ fn main() -> ExitCode {
         Command::Quarantine(cmd) => quarantine::run(cmd),
         Command::Dkim(cmd) => dkim::run(cmd),
         Command::Review(args) => review::run(args),
+        Command::Audit(args) => audit::run(*args),
     };
     match result {
         Ok(code) => code,
