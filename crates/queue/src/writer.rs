@@ -372,6 +372,7 @@ impl Writer {
 
     /// The envelope of `id` and where it is; an undecodable one is
     /// quarantined (`Err(Corrupt)`), a missing one is `Err(NotFound)`.
+    #[allow(clippy::type_complexity)]
     fn load_envelope(
         &self,
         txn: &mut RwTransaction<'_>,
@@ -474,6 +475,7 @@ impl Writer {
 
     /// Marks recipients delivered in the middle of an attempt: attempts,
     /// schedule and the active mark are left to the attempt's `record`.
+    #[allow(clippy::type_complexity)]
     fn settle(
         &self,
         txn: &mut RwTransaction<'_>,
