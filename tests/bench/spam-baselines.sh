@@ -9,7 +9,7 @@
 # (Not test dependencies: nothing in tests/integration uses them.)
 # Environment: RUN_BOGO=0 / RUN_SA=0 skip one filter; SA_FOLDS="1 2" scores
 # only those folds' test messages (both SpamAssassin passes: ~5 msg/s per
-# core, so ten folds cost ~25 min of CPU); SA_DB=DIR takes the all-messages
+# core, so ten folds cost ~30 min of CPU); SA_DB=DIR takes the all-messages
 # Bayes database from DIR (a KEEP=1 run's bayes-all) instead of training it;
 # RUN_RULES=0 skips the rules-only pass; VERIFY_FOLD=N (0 = off) checks the
 # forget-based training below against a from-scratch one on fold N (default
