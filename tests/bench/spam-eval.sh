@@ -7,7 +7,7 @@
 #
 # Needs: cargo build --release -p palisade-cli; for the baselines
 #   apt-get install bogofilter spamassassin spamd spamc bc
-# (RUN_BOGO=0 / RUN_SA=0 skip one; SpamAssassin takes ~25 min of CPU on the
+# (RUN_BOGO=0 / RUN_SA=0 skip one; SpamAssassin takes ~30 min of CPU on the
 # 3,627 messages). Results: OUT_DIR (default /tmp/spam-eval.XXXXXX, kept),
 # summary.txt there; the figures are in docs/antispam.md.
 set -euo pipefail
