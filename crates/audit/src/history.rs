@@ -122,7 +122,7 @@ fn fetch_metrics(addr: SocketAddr) -> std::io::Result<String> {
     let text = String::from_utf8_lossy(&body);
     let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
     let status = head.lines().next().unwrap_or_default();
-    if !status.split_whitespace().nth(1).is_some_and(|c| c == "200") {
+    if status.split_whitespace().nth(1) != Some("200") {
         return Err(std::io::Error::other(format!("answered {status:?}")));
     }
     Ok(body.to_string())

@@ -238,7 +238,12 @@ fn presence(
                     .and_then(|v| v.as_bool())
                     .unwrap_or(true);
                 let text = inline(&t);
-                if on {
+                if on && inert(key, &t) {
+                    (
+                        Presence::Absent,
+                        format!("enabled but does nothing: {text}"),
+                    )
+                } else if on {
                     (Presence::Deployed, text)
                 } else {
                     (Presence::Disabled, "enabled = false".to_string())
@@ -265,6 +270,34 @@ fn presence(
         };
     }
     (presence, text)
+}
+
+/// A table that is on but has nothing to act on: a DNSBL without zones,
+/// lists, rules or spamtraps that are all empty. Counting it as deployed
+/// would hide a fault behind a line of config.
+fn inert(key: &str, t: &toml::map::Map<String, toml::Value>) -> bool {
+    let empty = |k: &str| {
+        t.get(k)
+            .and_then(|v| v.as_array())
+            .is_none_or(|a| a.is_empty())
+    };
+    match key {
+        "dm20_dnsbl" => empty("zones"),
+        "dm23_regex" => empty("rules"),
+        "dm27_spamtraps" => empty("addresses"),
+        "dm18_lists" => {
+            [
+                "client_blacklist",
+                "client_whitelist",
+                "sender_blacklist",
+                "sender_whitelist",
+            ]
+            .into_iter()
+            .all(empty)
+                && !t.keys().any(|k| k.ends_with("_file"))
+        }
+        _ => false,
+    }
 }
 
 fn join(parts: &[&str]) -> String {
@@ -561,6 +594,11 @@ mod tests {
             Presence::Absent,
             "greet_pause is 0"
         );
+        // local.toml writes DM18 and DM20 with nothing in them.
+        let dnsbl = at(StageKind::Mx, 20);
+        assert_eq!(dnsbl.presence, Presence::Absent);
+        assert_eq!(dnsbl.settings, "enabled but does nothing: zones = []");
+        assert_eq!(at(StageKind::Mx, 18).presence, Presence::Absent);
         assert_eq!(at(StageKind::Mx, 8).settings, "max_message_size = 26214400");
         assert_eq!(at(StageKind::Msa, 9).settings, "max_recipients = 50");
         assert_eq!(at(StageKind::Antivirus, 28).presence, Presence::Deployed);

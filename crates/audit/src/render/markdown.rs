@@ -1,8 +1,6 @@
 //! `--format markdown`: the report for a wiki page or a ticket.
 
-use crate::render::{
-    attributes, coverage_icon, fault_verdict, stages_list, text::summary, utc, verdict_word,
-};
+use crate::render::{attributes, coverage_icon, fault_verdict, text::summary, utc, verdict_word};
 use crate::report::Report;
 
 /// A table cell: no pipes or line breaks inside.
@@ -19,7 +17,8 @@ pub fn render(report: &Report) -> String {
     if let Some(r) = &report.review {
         out.push_str(
             "\n## Fault coverage (figure 5, Table II)\n\n\
-             ■ full solution, ◆ full as a group, ● mitigation.\n\n\
+             ■ full solution, ◆ full as a group, ● mitigation; (AB) where it is deployed: \
+             A mx, B msa, C antivirus, D antispam, F outgoing, G store.\n\n\
              | fault | review | audit | deployed | not deployed |\n\
              |---|---|---|---|---|\n",
         );
@@ -30,7 +29,10 @@ pub fn render(report: &Report) -> String {
                     .filter(|m| m.deployed_at.is_empty() != deployed)
                     .map(|m| {
                         let at = if deployed {
-                            format!(" ({})", stages_list(&m.deployed_at))
+                            format!(
+                                " ({})",
+                                m.deployed_at.iter().map(|s| s.letter()).collect::<String>()
+                            )
                         } else {
                             String::new()
                         };

@@ -46,7 +46,7 @@ pub fn bars(charts: &[Chart]) -> String {
              <text x=\"{:.1}\" y=\"{}\" class=\"value\">{}</text>",
             label_w - 8.0,
             y + 15.0,
-            esc(&label),
+            esc(label),
             row_h - 6.0,
             label_w + w + 6.0,
             y + 15.0,
