@@ -237,12 +237,11 @@ pub(crate) fn validate(config: &Config, problems: &mut Vec<Problem>) {
             ),
         ));
     }
-    if s.cut_through_reject() < s.tag_threshold {
+    if let Some(reject) = s.cut_through_reject_threshold.filter(|&r| r < s.tag_threshold) {
         problems.push((
             key(&["stage", "antispam", "spam", "cut_through_reject_threshold"]),
             format!(
-                "{} is below tag_threshold {}: mail not even tagged as spam would be refused",
-                s.cut_through_reject(),
+                "{reject} is below tag_threshold {}: mail not even tagged as spam would be refused",
                 s.tag_threshold
             ),
         ));
@@ -295,7 +294,10 @@ mod tests {
         assert!(c.clamd_addresses()[0].ends_with("data/clamd/clamd.sock"));
         assert!(c.bayes_db_dir().ends_with("antispam/bayes"));
         assert!(!c.settings(crate::StageKind::Mx).cut_through.enabled);
-        assert_eq!(c.settings(crate::StageKind::Mx).cut_through.deadline.0, 20.0);
+        assert_eq!(
+            c.settings(crate::StageKind::Mx).cut_through.deadline.0,
+            20.0
+        );
         assert_eq!(c.spam().cut_through_reject(), c.spam().quarantine_threshold);
     }
 
@@ -306,6 +308,9 @@ mod tests {
         assert!(e[0].contains("stage.antivirus.virus.clamd") && e[0].contains("`nowhere`"));
         assert!(e[1].contains("quarantine_threshold"));
         let e = errors("[stage.antispam.spam]\ncut_through_reject_threshold = 2.0\n");
-        assert!(e.len() == 1 && e[0].contains("cut_through_reject_threshold"), "{e:?}");
+        assert!(
+            e.len() == 1 && e[0].contains("cut_through_reject_threshold"),
+            "{e:?}"
+        );
     }
 }

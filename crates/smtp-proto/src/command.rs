@@ -755,7 +755,14 @@ mod tests {
 
     #[test]
     fn cut_through_param_is_bounded_digits() {
-        for bad in ["XCUT", "XCUT=", "XCUT=-1", "XCUT=1e3", "XCUT=600001", "XCUT=1 XCUT=2"] {
+        for bad in [
+            "XCUT",
+            "XCUT=",
+            "XCUT=-1",
+            "XCUT=1e3",
+            "XCUT=600001",
+            "XCUT=1 XCUT=2",
+        ] {
             let line = format!("MAIL FROM:<a@b.example> {bad}");
             assert!(parse_command(line.as_bytes()).is_err(), "{bad}");
         }

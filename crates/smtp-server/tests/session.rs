@@ -323,8 +323,11 @@ async fn xorigin_only_when_enabled() {
     let mut c = Client::greeted(addr).await;
     let ehlo = c.cmd("EHLO c.test").await;
     assert!(ehlo.contains("250-XCUT\r\n250 XORIGIN\r\n"), "{ehlo}");
-    c.ok("MAIL FROM:<a@b.test> XORIGIN=authenticated XCUT=5000", "250")
-        .await;
+    c.ok(
+        "MAIL FROM:<a@b.test> XORIGIN=authenticated XCUT=5000",
+        "250",
+    )
+    .await;
     c.ok("RCPT TO:<c@d.test>", "250").await;
     c.ok("DATA", "354").await;
     c.send("x\r\n.\r\n").await;

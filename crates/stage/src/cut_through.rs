@@ -180,8 +180,7 @@ impl CutThrough {
     pub fn new(ctx: &Arc<NodeContext>, forwarder: &Arc<Forwarder>) -> Option<Arc<CutThrough>> {
         let settings = ctx.settings();
         let next = settings.next?;
-        if !matches!(next, StageKind::Antivirus | StageKind::Antispam)
-            || !settings.relay.is_empty()
+        if !matches!(next, StageKind::Antivirus | StageKind::Antispam) || !settings.relay.is_empty()
         {
             return None;
         }
@@ -356,7 +355,10 @@ impl CutThrough {
             // here under an origin of their own, so the next stage's dedup
             // does not take them for the copy it already has.
             let rest = (0..rcpts.len()).filter(|&k| !accepted[k]).collect();
-            warn!("cut-through: {}[{addr}] took only some recipients", self.pool);
+            warn!(
+                "cut-through: {}[{addr}] took only some recipients",
+                self.pool
+            );
             let origin = format!("{origin}+rest");
             let fb = fallback(Outcome::QueuedPartial, "only some recipients taken", rest);
             return match fb {

@@ -169,7 +169,11 @@ impl MessageFilter for AntispamFilter {
                 a.score >= s.cut_through_reject()
             };
             if ctx.cut_through && refuse {
-                let verdict = if flow4 { "outbound-rejected" } else { "rejected" };
+                let verdict = if flow4 {
+                    "outbound-rejected"
+                } else {
+                    "rejected"
+                };
                 self.count(verdict, &a);
                 warn!(
                     "refused under cut-through: spam score {:.2}, from=<{}>, to={:?}, origin={}",
