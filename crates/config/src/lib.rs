@@ -10,6 +10,7 @@ mod duration;
 mod mechanisms;
 mod model;
 mod outbound;
+mod state;
 mod validate;
 
 pub use content::{CutThroughSettings, ScannerUnavailable, SpamRule, SpamSettings, VirusSettings};
@@ -17,6 +18,7 @@ pub use duration::Seconds;
 pub use mechanisms::*;
 pub use model::*;
 pub use outbound::{static_route, DkimKey, OutboundSettings, RouteTable};
+pub use state::{trusted_proxies, StateBackend, StateSettings};
 
 use std::fmt;
 use std::path::{Path, PathBuf};
