@@ -11,7 +11,7 @@ cd "$(dirname "$0")/.."
 # Debian packages the tests drive: Python's pytest (for smtplib/poplib
 # tests), swaks, Postfix (the peer and load generator), clamd, a DNS
 # server, Redis, mutt/fetchmail.
-packages=(python3 python3-pytest swaks postfix clamav-daemon clamav dnsmasq-base
+packages=(python3 python3-pytest swaks postfix clamav-daemon clamav dnsmasq-base haproxy
           redis-server fetchmail mutt ca-certificates openssl)
 missing=()
 for p in "${packages[@]}"; do

@@ -260,3 +260,43 @@ def test_trusted_proxy_without_header_is_closed(proxied_mx):
              timeout=10, what="refusal log line")
     # Direct clients that are not proxies still talk SMTP as usual.
     assert Smtp(proxied_mx.addr("mx-1"), source="127.0.0.12").banner[0] == 220
+
+
+def test_through_a_real_haproxy_with_send_proxy_v2(proxied_mx, tmp_path):
+    """Interop: haproxy (Debian package) in TCP mode in front of mx-1,
+    connecting from the trusted 127.0.0.5 with send-proxy-v2."""
+    haproxy = shutil.which("haproxy") or "/usr/sbin/haproxy"
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    host, mx_port = proxied_mx.addr("mx-1")
+    cfg = tmp_path / "haproxy.cfg"
+    cfg.write_text(f"""global
+    maxconn 100
+defaults
+    mode tcp
+    timeout connect 5s
+    timeout client 30s
+    timeout server 30s
+frontend smtp
+    bind 127.0.0.1:{port}
+    default_backend mx
+backend mx
+    server mx-1 {host}:{mx_port} send-proxy-v2 source 127.0.0.5
+""")
+    proc = subprocess.Popen([haproxy, "-f", str(cfg), "-db"], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    try:
+        wait_port(("127.0.0.1", port), proc=proc)
+        # The DNSBL sees the client behind haproxy, not haproxy.
+        c = Smtp(("127.0.0.1", port), source="127.0.0.9", banner=False)
+        code, text = c.reply()
+        assert (code, text[:5]) == (554, "5.7.1") and "bl.test" in text
+        c = Smtp(("127.0.0.1", port), source="127.0.0.13")
+        assert c.banner[0] == 220
+        assert c.cmd("EHLO client.good.test")[0] == 250
+        log = proxied_mx.log("mx-1")
+        assert re.search(r"session start peer=127\.0\.0\.13:\d+ .*proxy=127\.0\.0\.5", log), log[-1500:]
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=10)
