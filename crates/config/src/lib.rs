@@ -181,3 +181,16 @@ fn deepest_span(item: &toml_edit::Item, key: &[String], best: Option<usize>) -> 
         _ => best,
     }
 }
+
+/// The problems `parse` finds in `text`, as `key: message` (tests).
+#[cfg(test)]
+pub(crate) fn test_errors(text: &str) -> Vec<String> {
+    match parse(Path::new("t.toml"), text) {
+        Ok(_) => Vec::new(),
+        Err(e) => {
+            e.0.iter()
+                .map(|e| format!("{}: {}", e.key, e.message))
+                .collect()
+        }
+    }
+}

@@ -110,3 +110,33 @@ pub fn trusted_proxies(st: &crate::StageSettings) -> Vec<IpAddr> {
         Vec::new()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    const BASE: &str = "[gateway]\nhostname = \"mx.example.test\"\n[node.mx-1]\nstage = \"mx\"\nsmtp = \"127.0.0.1:2525\"\n";
+
+    fn errors(extra: &str) -> Vec<String> {
+        crate::test_errors(&format!("{BASE}{extra}"))
+    }
+
+    #[test]
+    fn redis_backend_and_proxy_settings_are_checked() {
+        assert!(errors("").is_empty());
+        let ok = "[gateway.state]\nbackend = \"redis\"\nurl = \"redis://127.0.0.1:6379/0\"\n\
+                  [stage.mx]\nproxy_protocol = true\ntrusted_proxies = [\"127.0.0.5\"]\n";
+        assert!(errors(ok).is_empty(), "{:?}", errors(ok));
+        let e = errors(
+            "[gateway.state]\nbackend = \"redis\"\nurl = \"http://x\"\ntimeout = \"10s\"\n\
+             [stage.mx]\nproxy_protocol = true\n\
+             [stage.antivirus]\nproxy_protocol = true\ntrusted_proxies = [\"127.0.0.5\"]\n",
+        );
+        assert_eq!(e.len(), 4, "{e:?}");
+        assert!(e.iter().any(|m| m.contains("gateway.state.url")));
+        assert!(e.iter().any(|m| m.contains("gateway.state.timeout")));
+        assert!(e.iter().any(|m| m.contains("stage.mx.trusted_proxies")));
+        assert!(e
+            .iter()
+            .any(|m| m.contains("stage.antivirus.proxy_protocol")));
+        assert!(!errors("[gateway.state]\nbackend = \"memcached\"\n").is_empty());
+    }
+}

@@ -42,29 +42,31 @@ impl ClientRates {
 
     pub async fn connection(&self, ip: IpAddr) -> Option<Reply> {
         let n = self.settings.connections_per_minute;
-        let allowed = match self
-            .state
-            .rate("DM11", &format!("conn:{ip}"), n, MINUTE)
+        self.limit("conn", &self.connections, n, ip, "Connection")
             .await
-        {
-            Some(shared) => shared,
-            None => self.connections.check_key(&ip).is_ok(),
-        };
-        (!allowed)
-            .then(|| Reply::closing_policy(format!("Connection rate limit exceeded for {ip}")))
     }
 
     pub async fn message(&self, ip: IpAddr) -> Option<Reply> {
         let n = self.settings.messages_per_minute;
-        let allowed = match self
+        self.limit("msg", &self.messages, n, ip, "Message").await
+    }
+
+    /// The shared bucket `kind:ip` when the backend answers, else this
+    /// node's.
+    async fn limit(
+        &self,
+        kind: &str,
+        local: &DefaultKeyedRateLimiter<IpAddr>,
+        n: u32,
+        ip: IpAddr,
+        what: &str,
+    ) -> Option<Reply> {
+        let shared = self
             .state
-            .rate("DM11", &format!("msg:{ip}"), n, MINUTE)
-            .await
-        {
-            Some(shared) => shared,
-            None => self.messages.check_key(&ip).is_ok(),
-        };
-        (!allowed).then(|| Reply::closing_policy(format!("Message rate limit exceeded for {ip}")))
+            .rate("DM11", &format!("{kind}:{ip}"), n, MINUTE)
+            .await;
+        let allowed = shared.unwrap_or_else(|| local.check_key(&ip).is_ok());
+        (!allowed).then(|| Reply::closing_policy(format!("{what} rate limit exceeded for {ip}")))
     }
 
     /// Forgets clients whose buckets are full again (bounded memory).
