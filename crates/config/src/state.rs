@@ -113,7 +113,8 @@ pub fn trusted_proxies(st: &crate::StageSettings) -> Vec<IpAddr> {
 
 #[cfg(test)]
 mod tests {
-    const BASE: &str = "[gateway]\nhostname = \"mx.example.test\"\n[node.mx-1]\nstage = \"mx\"\nsmtp = \"127.0.0.1:2525\"\n";
+    const BASE: &str = "[gateway]\nhostname = \"mx.example.test\"\n[node.mx-1]\nstage = \"mx\"\nsmtp = \"127.0.0.1:2525\"\n\
+                        [stage.mx]\nrelay = [\"127.0.0.1:2626\"]\n";
 
     fn errors(extra: &str) -> Vec<String> {
         crate::test_errors(&format!("{BASE}{extra}"))
@@ -122,12 +123,12 @@ mod tests {
     #[test]
     fn redis_backend_and_proxy_settings_are_checked() {
         assert!(errors("").is_empty());
-        let ok = "[gateway.state]\nbackend = \"redis\"\nurl = \"redis://127.0.0.1:6379/0\"\n\
-                  [stage.mx]\nproxy_protocol = true\ntrusted_proxies = [\"127.0.0.5\"]\n";
+        let ok = "proxy_protocol = true\ntrusted_proxies = [\"127.0.0.5\"]\n\
+                  [gateway.state]\nbackend = \"redis\"\nurl = \"redis://127.0.0.1:6379/0\"\n";
         assert!(errors(ok).is_empty(), "{:?}", errors(ok));
         let e = errors(
-            "[gateway.state]\nbackend = \"redis\"\nurl = \"http://x\"\ntimeout = \"10s\"\n\
-             [stage.mx]\nproxy_protocol = true\n\
+            "proxy_protocol = true\n\
+             [gateway.state]\nbackend = \"redis\"\nurl = \"http://x\"\ntimeout = \"10s\"\n\
              [stage.antivirus]\nproxy_protocol = true\ntrusted_proxies = [\"127.0.0.5\"]\n",
         );
         assert_eq!(e.len(), 4, "{e:?}");
