@@ -11,9 +11,10 @@ cd "$(dirname "$0")/.."
 # Debian packages the tests drive: Python's pytest (for smtplib/poplib
 # tests), swaks, Postfix (the peer and load generator), clamd, a DNS
 # server, Redis, mutt/fetchmail.
-packages=(python3 python3-pytest swaks postfix clamav-daemon clamav dnsmasq-base haproxy
+packages=(python3 python3-pytest swaks postfix clamav-daemon clamav dnsmasq-base
           redis-server fetchmail mutt ca-certificates openssl)
 missing=()
+packages+=(haproxy)  # test_pairs.py: PROXY protocol interop
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
 done

@@ -15,10 +15,10 @@ mod validate;
 
 pub use content::{CutThroughSettings, ScannerUnavailable, SpamRule, SpamSettings, VirusSettings};
 pub use duration::Seconds;
+pub use state::{trusted_proxies, StateBackend, StateSettings};
 pub use mechanisms::*;
 pub use model::*;
 pub use outbound::{static_route, DkimKey, OutboundSettings, RouteTable};
-pub use state::{trusted_proxies, StateBackend, StateSettings};
 
 use std::fmt;
 use std::path::{Path, PathBuf};
