@@ -13,9 +13,11 @@ mod outbound;
 mod state;
 mod validate;
 
+// Issue 9: shared policy state and PROXY protocol settings.
+pub use state::{trusted_proxies, StateBackend, StateSettings};
+
 pub use content::{CutThroughSettings, ScannerUnavailable, SpamRule, SpamSettings, VirusSettings};
 pub use duration::Seconds;
-pub use state::{trusted_proxies, StateBackend, StateSettings};
 pub use mechanisms::*;
 pub use model::*;
 pub use outbound::{static_route, DkimKey, OutboundSettings, RouteTable};

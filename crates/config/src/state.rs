@@ -96,7 +96,7 @@ pub(crate) fn validate(config: &Config, problems: &mut Vec<Problem>) {
                 "trusted_proxies has no effect without proxy_protocol = true".into(),
             ));
         }
-        if !(st.proxy_header_timeout.0 > 0.0) {
+        if st.proxy_header_timeout.0 <= 0.0 {
             problems.push((at("proxy_header_timeout"), "must be above 0".into()));
         }
     }
