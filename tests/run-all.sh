@@ -14,6 +14,7 @@ cd "$(dirname "$0")/.."
 packages=(python3 python3-pytest swaks postfix clamav-daemon clamav dnsmasq-base
           redis-server fetchmail mutt ca-certificates openssl chromium)
 missing=()
+packages+=(haproxy)  # test_pairs.py: PROXY protocol interop
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
 done

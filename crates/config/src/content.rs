@@ -277,14 +277,7 @@ mod tests {
     const BASE: &str = "[gateway]\nhostname = \"mx.example.test\"\n[node.mx-1]\nstage = \"mx\"\nsmtp = \"127.0.0.1:2525\"\n[stage.mx]\nrelay = [\"127.0.0.1:2626\"]\n";
 
     fn errors(extra: &str) -> Vec<String> {
-        match crate::parse(Path::new("t.toml"), &format!("{BASE}{extra}")) {
-            Ok(_) => Vec::new(),
-            Err(e) => {
-                e.0.iter()
-                    .map(|e| format!("{}: {}", e.key, e.message))
-                    .collect()
-            }
-        }
+        crate::test_errors(&format!("{BASE}{extra}"))
     }
 
     #[test]

@@ -10,7 +10,11 @@ mod duration;
 mod mechanisms;
 mod model;
 mod outbound;
+mod state;
 mod validate;
+
+// Issue 9: shared policy state and PROXY protocol settings.
+pub use state::{trusted_proxies, StateBackend, StateSettings};
 
 pub use content::{CutThroughSettings, ScannerUnavailable, SpamRule, SpamSettings, VirusSettings};
 pub use duration::Seconds;
@@ -177,5 +181,18 @@ fn deepest_span(item: &toml_edit::Item, key: &[String], best: Option<usize>) -> 
             None => best,
         },
         _ => best,
+    }
+}
+
+/// The problems `parse` finds in `text`, as `key: message` (tests).
+#[cfg(test)]
+pub(crate) fn test_errors(text: &str) -> Vec<String> {
+    match parse(Path::new("t.toml"), text) {
+        Ok(_) => Vec::new(),
+        Err(e) => {
+            e.0.iter()
+                .map(|e| format!("{}: {}", e.key, e.message))
+                .collect()
+        }
     }
 }

@@ -390,6 +390,11 @@ pub struct Dm36BadRcpt {
     pub tarpit_delay: Seconds,
     /// Unknown recipients after which the session gets 421 and is closed.
     pub disconnect_after: u32,
+    /// When above 0, a client's unknown recipients are also counted across
+    /// its sessions (and, with `[gateway.state] backend = "redis"`, across
+    /// the nodes of a pair) within this window: a harvester that
+    /// reconnects to the other node starts where it left off.
+    pub client_window: Seconds,
 }
 
 impl Default for Dm36BadRcpt {
@@ -399,6 +404,7 @@ impl Default for Dm36BadRcpt {
             tarpit_after: 3,
             tarpit_delay: Seconds(1.0),
             disconnect_after: 10,
+            client_window: Seconds(0.0),
         }
     }
 }

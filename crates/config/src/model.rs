@@ -120,6 +120,8 @@ pub struct Gateway {
     /// A replica not refreshed for this long tempfails (451) addresses it
     /// does not know instead of refusing them.
     pub replica_max_age: Seconds,
+    /// Where the defense mechanisms keep per-client state (state.rs).
+    pub state: crate::StateSettings,
 }
 
 impl Default for Gateway {
@@ -132,6 +134,7 @@ impl Default for Gateway {
             dns: None,
             replica_pull_interval: Seconds(2.0),
             replica_max_age: Seconds(3600.0),
+            state: crate::StateSettings::default(),
         }
     }
 }
@@ -184,6 +187,13 @@ pub struct StageSettings {
     pub mechanisms: crate::Mechanisms,
     /// MSA: SMTP AUTH and sender ownership (issue 5).
     pub submission: SubmissionSettings,
+    /// MX/MSA behind a load balancer: connections from `trusted_proxies`
+    /// must start with a PROXY protocol v1/v2 header, and the session uses
+    /// the client address it carries (state.rs).
+    pub proxy_protocol: bool,
+    pub trusted_proxies: Vec<IpAddr>,
+    /// How long a trusted proxy may take to send its header.
+    pub proxy_header_timeout: Seconds,
 }
 
 /// The MSA's authenticated submission (Table I: DM2 submission, DM4 SMTP
@@ -251,6 +261,9 @@ impl Default for StageSettings {
             outbound: Default::default(),
             mechanisms: Default::default(),
             submission: SubmissionSettings::default(),
+            proxy_protocol: false,
+            trusted_proxies: Vec::new(),
+            proxy_header_timeout: Seconds(5.0),
         }
     }
 }

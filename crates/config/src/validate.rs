@@ -21,6 +21,7 @@ pub(crate) fn validate(config: &Config) -> Vec<Problem> {
     crate::mechanisms::check(config, &mut problems);
     crate::outbound::validate(config, &mut problems);
     crate::content::validate(config, &mut problems);
+    crate::state::validate(config, &mut problems);
     problems
 }
 

@@ -9,6 +9,8 @@
 //!   `[stage.<name>.mechanisms]`, called from the SMTP engine's hooks; every
 //!   action is reported to an [`ActionSink`] (the stage logs it with the
 //!   session or queue id and counts `palisade_defense_actions_total`).
+//! - [`state`]: where per-client state lives: this node (embedded) or
+//!   Redis shared by a pair, with the fallback when Redis is away.
 //! - [`resolver`]: the node's DNS resolver (`gateway.dns`), shared by SPF,
 //!   DKIM, DMARC, DNSBL and the sender-domain check.
 //!
@@ -23,5 +25,6 @@ pub mod mechanisms;
 pub mod net;
 mod policy;
 pub mod resolver;
+pub mod state;
 
 pub use policy::{Action, ActionSink, Client, MessagePlan, Policy, PolicyOptions, Refusal};

@@ -32,6 +32,7 @@ use crate::mechanisms::dm36_bad_rcpt::{self, Throttle};
 use crate::mechanisms::{dm17_rfc2505, dm19_mta_rules, dm30_dm31_auth, dm7_relay_access};
 use crate::net::{client_network, Network};
 use crate::resolver::Dns;
+use crate::state::{Events, SharedState};
 
 /// A refusal and the mechanism (`"DM22"`) that made it.
 #[derive(Clone, Debug)]
@@ -84,6 +85,8 @@ pub struct PolicyOptions {
     pub state_dir: PathBuf,
     /// Sessions are forgotten after this long (the engine's session cap).
     pub session_lifetime: Duration,
+    /// Where per-client state lives: this node, or Redis shared by a pair.
+    pub state: SharedState,
 }
 
 #[derive(Default)]
@@ -118,6 +121,8 @@ pub struct Policy {
     rates: Option<ClientRates>,
     connections: Option<Connections>,
     sender_rate: Option<SenderRate>,
+    /// DM36 unknown recipients per client (with `client_window`).
+    bad_rcpts: Events,
     sessions: Mutex<HashMap<u64, SessionState>>,
     last_prune: Mutex<Instant>,
     sink: Arc<dyn ActionSink>,
@@ -176,7 +181,7 @@ impl Policy {
         let greylist = match on(&m.dm22_greylist) {
             Some(g) => {
                 let store = LmdbGreylistStore::open(&opts.state_dir.join("greylist"))?;
-                Some(Greylist::new(g, Arc::new(store)))
+                Some(Greylist::new(g, Arc::new(store), opts.state.clone()))
             }
             None => None,
         };
@@ -191,10 +196,11 @@ impl Policy {
             dnsbl: on(&m.dm20_dnsbl).map(Dnsbl::new),
             greylist,
             rules: on(&m.dm23_regex).map(Rules::new).transpose()?,
-            traps: on(&m.dm27_spamtraps).map(Spamtraps::new),
-            rates: on(&m.dm11_rates).map(ClientRates::new),
+            traps: on(&m.dm27_spamtraps).map(|t| Spamtraps::new(t, opts.state.clone())),
+            rates: on(&m.dm11_rates).map(|r| ClientRates::new(r, opts.state.clone())),
             connections: on(&m.dm10_connections).map(|c| Connections::new(c.per_client, c.total)),
-            sender_rate: on(&m.dm34_sender_rate).map(SenderRate::new),
+            sender_rate: on(&m.dm34_sender_rate).map(|s| SenderRate::new(s, opts.state.clone())),
+            bad_rcpts: Events::new("DM36", opts.state.clone()),
             sessions: Mutex::default(),
             last_prune: Mutex::new(Instant::now()),
             m: m.clone(),
@@ -212,6 +218,11 @@ impl Policy {
             .filter(|(_, on)| *on)
             .map(|(k, _)| k)
             .collect()
+    }
+
+    /// The node's policy-state backend (the MSA's AUTH throttle uses it).
+    pub fn state(&self) -> &SharedState {
+        &self.opts.state
     }
 
     fn who(c: &Client) -> String {
@@ -296,7 +307,7 @@ impl Policy {
             }
         });
         if let Some(traps) = &self.traps {
-            if let Some(reply) = traps.check_client(ip) {
+            if let Some(reply) = traps.check_client(ip).await {
                 return self.refused(
                     c,
                     Refusal {
@@ -323,7 +334,7 @@ impl Policy {
             }
         }
         if let Some(rates) = &self.rates {
-            if let Some(reply) = rates.connection(ip) {
+            if let Some(reply) = rates.connection(ip).await {
                 return self.refused(
                     c,
                     Refusal {
@@ -404,7 +415,7 @@ impl Policy {
         let ip = c.ip();
         if !trusted {
             if let Some(rates) = &self.rates {
-                if let Some(reply) = rates.message(ip) {
+                if let Some(reply) = rates.message(ip).await {
                     return self.refused(
                         c,
                         Refusal {
@@ -415,7 +426,7 @@ impl Policy {
                 }
             }
             if let Some(sr) = &self.sender_rate {
-                if let Some(reply) = sr.check(from) {
+                if let Some(reply) = sr.check(from).await {
                     return self.refused(
                         c,
                         Refusal {
@@ -516,7 +527,12 @@ impl Policy {
         is_local_domain: impl Fn(&str) -> bool,
     ) -> Result<(), Refusal> {
         if let Some(b) = on(&self.m.dm36_bad_rcpt) {
-            let bad = self.with_session(c.session, |s| s.bad_rcpts);
+            let mut bad = self.with_session(c.session, |s| s.bad_rcpts);
+            if b.client_window.0 > 0.0 {
+                let ip = c.ip().to_string();
+                let window = b.client_window.duration();
+                bad = bad.max(self.bad_rcpts.count(&ip, window).await);
+            }
             if let Some(d) = dm36_bad_rcpt::before_rcpt(b, bad) {
                 self.report(
                     c,
@@ -541,7 +557,7 @@ impl Policy {
             }
         }
         if let Some(traps) = &self.traps {
-            if let Some(reply) = traps.check_rcpt(c.ip(), to) {
+            if let Some(reply) = traps.check_rcpt(c.ip(), to).await {
                 return self.refused(
                     c,
                     Refusal {
@@ -556,14 +572,19 @@ impl Policy {
 
     /// The stage found the recipient unknown (and refuses it with 550
     /// 5.1.1): DM36 may close the session instead.
-    pub fn on_unknown_recipient(&self, c: &Client<'_>) -> Result<(), Refusal> {
+    pub async fn on_unknown_recipient(&self, c: &Client<'_>) -> Result<(), Refusal> {
         let Some(b) = on(&self.m.dm36_bad_rcpt) else {
             return Ok(());
         };
-        let bad = self.with_session(c.session, |s| {
+        let mut bad = self.with_session(c.session, |s| {
             s.bad_rcpts += 1;
             s.bad_rcpts
         });
+        if b.client_window.0 > 0.0 {
+            let ip = c.ip().to_string();
+            let window = b.client_window.duration();
+            bad = bad.max(self.bad_rcpts.record(&ip, window).await);
+        }
         match dm36_bad_rcpt::after_bad_rcpt(b, bad) {
             Throttle::Disconnect(reply) => self.refused(
                 c,
@@ -604,7 +625,7 @@ impl Policy {
                 );
             } else {
                 let net = client_network(c.ip());
-                match g.check(&net, from, to) {
+                match g.check(&net, from, to).await {
                     Ok(Grey::Pass) => {}
                     Ok(Grey::PassedRetry) => self.report(
                         c,

@@ -55,6 +55,8 @@ pub struct ServerConfig {
     /// Advertise the private `XORIGIN` and `XCUT` EHLO keywords and accept
     /// `MAIL ... XORIGIN=<token> XCUT=<ms>`; only for internal palisade hops.
     pub accept_origin_param: bool,
+    /// PROXY protocol from these load balancers (MX, MSA); `None`: off.
+    pub proxy: Option<crate::proxy::ProxyConfig>,
 }
 
 impl ServerConfig {
@@ -76,6 +78,7 @@ impl ServerConfig {
                 session: Duration::from_secs(1800),
             },
             accept_origin_param: false,
+            proxy: None,
         }
     }
 }

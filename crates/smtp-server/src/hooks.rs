@@ -19,8 +19,12 @@ pub struct TlsInfo {
 pub struct SessionInfo {
     /// Unique per listener process, for logs.
     pub id: u64,
+    /// The client: the TCP peer, or behind a trusted PROXY-protocol load
+    /// balancer the client address its header carries.
     pub peer: SocketAddr,
     pub local: SocketAddr,
+    /// The trusted load balancer the session came through, if any.
+    pub proxy: Option<SocketAddr>,
     /// The HELO/EHLO name, once given (cleared by STARTTLS).
     pub helo: Option<String>,
     /// True after EHLO: enhanced status codes are sent.

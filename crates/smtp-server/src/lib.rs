@@ -4,7 +4,8 @@
 //! A stage builds a [`ServerConfig`], implements [`Hooks`] (its policy and
 //! its queue), and calls [`serve`]. The session handles the protocol:
 //! sequencing ([`state`]), pipelining (RFC 2920), STARTTLS (RFC 3207),
-//! DATA and BDAT, limits, timeouts and the greet pause.
+//! DATA and BDAT, limits, timeouts and the greet pause; the PROXY
+//! protocol header of a trusted load balancer ([`proxy`]).
 //!
 //! # Security
 //! Reads untrusted network input. Defences implemented here:
@@ -24,6 +25,7 @@
 
 pub mod config;
 pub mod hooks;
+pub mod proxy;
 mod session;
 pub mod state;
 mod stream;
@@ -40,6 +42,7 @@ use tracing::{info, info_span, warn, Instrument};
 pub use config::{ListenerProfile, ServerConfig, Timeouts};
 pub use hooks::{Envelope, Hooks, SessionInfo, TlsInfo};
 pub use palisade_smtp_proto::{MailParams, RcptParams, Reply};
+pub use proxy::ProxyConfig;
 
 /// Accepts connections forever, one task per session, at most
 /// `config.max_sessions` at a time; connections over the cap get
@@ -77,7 +80,33 @@ pub async fn serve<H: Hooks>(
             Ok(permit) => {
                 let (config, hooks) = (config.clone(), hooks.clone());
                 tokio::spawn(async move {
-                    handle_connection(socket, id, peer, local, config, hooks).await;
+                    let mut socket = socket;
+                    let trusted = config.proxy.as_ref().filter(|p| p.trusts(peer.ip()));
+                    let proxy = match trusted {
+                        None => None,
+                        Some(p) => match proxy::read_header(&mut socket, p.header_timeout).await {
+                            // The client as the load balancer saw it.
+                            Ok(Some(client)) => Some(client),
+                            // Its health check (v2 LOCAL, v1 UNKNOWN).
+                            Ok(None) => Some((peer, local)),
+                            Err(e) => {
+                                warn!(%peer, session = id, "trusted proxy connection refused: {e}");
+                                return;
+                            }
+                        },
+                    };
+                    match proxy {
+                        // `local` stays our listener: the proxy's own
+                        // destination is the load balancer's address.
+                        Some((client, _)) => {
+                            session::Session::new(socket, id, client, local, config, hooks)
+                                .behind_proxy(peer)
+                                .run()
+                                .instrument(info_span!("smtp", session = id))
+                                .await
+                        }
+                        None => handle_connection(socket, id, peer, local, config, hooks).await,
+                    }
                     drop(permit);
                 });
             }

@@ -16,6 +16,7 @@ use palisade_smtp_proto::{MailParams, RcptParams, Reply};
 use palisade_smtp_server::{Envelope, Hooks, SessionInfo};
 use tracing::{info, warn};
 
+use palisade_policy::state::{DegradedSink, SharedState};
 use palisade_policy::{ActionSink, Client, Policy, PolicyOptions};
 
 use crate::cut_through::{CutThrough, HandOff};
@@ -61,6 +62,18 @@ impl ActionSink for MetricsSink {
     }
 }
 
+/// Counts `palisade_state_backend_degraded_total{mechanism}`: decisions
+/// taken on this node's state because the shared backend did not answer.
+impl DegradedSink for MetricsSink {
+    fn degraded(&self, mechanism: &'static str) {
+        self.0.inc(
+            "palisade_state_backend_degraded_total",
+            "Decisions taken on local state because the shared state backend did not answer.",
+            &[("mechanism", mechanism)],
+        );
+    }
+}
+
 /// The policy of an edge stage, built from its mechanisms section; `None`
 /// for internal stages (their upstream already applied it).
 pub fn edge_policy(ctx: &Arc<NodeContext>) -> anyhow::Result<Option<Arc<Policy>>> {
@@ -75,6 +88,11 @@ pub fn edge_policy(ctx: &Arc<NodeContext>) -> anyhow::Result<Option<Arc<Policy>>
         dns: ctx.config.gateway.dns,
         state_dir: ctx.config.node_dir(&ctx.node_name).join("policy"),
         session_lifetime: settings.limits.session_timeout.duration(),
+        state: SharedState::from_settings(
+            &ctx.config.gateway.state,
+            &ctx.node_name,
+            Arc::new(MetricsSink(ctx.metrics.clone())),
+        )?,
     };
     let sink = Arc::new(MetricsSink(ctx.metrics.clone()));
     let policy = Policy::new(&settings.mechanisms, &settings, opts, sink)?;
@@ -208,6 +226,7 @@ impl Hooks for RelayIntake {
                     // DM36: a harvester is cut off instead of answered.
                     if let Some(p) = &self.policy {
                         p.on_unknown_recipient(&policy_client(s))
+                            .await
                             .map_err(|r| r.reply)?;
                     }
                     return Err(self.refuse(

@@ -86,7 +86,17 @@ impl NodeContext {
         tls: Option<Arc<rustls::ServerConfig>>,
         implicit_tls: bool,
     ) -> Arc<ServerConfig> {
-        let l = self.settings().limits;
+        let settings = self.settings();
+        let l = &settings.limits;
+        // Issue 9: behind a load balancer, only on the client-facing stages.
+        let trusted = palisade_config::trusted_proxies(&settings);
+        let proxy =
+            (!trusted.is_empty() && !matches!(profile, ListenerProfile::Internal)).then(|| {
+                palisade_smtp_server::ProxyConfig {
+                    trusted,
+                    header_timeout: settings.proxy_header_timeout.duration(),
+                }
+            });
         Arc::new(ServerConfig {
             hostname: self.config.gateway.hostname.clone(),
             accept_origin_param: matches!(profile, ListenerProfile::Internal),
@@ -103,6 +113,7 @@ impl NodeContext {
                 data_chunk: l.data_timeout.duration(),
                 session: l.session_timeout.duration(),
             },
+            proxy,
         })
     }
 

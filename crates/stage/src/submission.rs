@@ -5,14 +5,16 @@
 //! and adds what only submission needs: credentials checked against the
 //! local directory replica (so submission works while a store is down),
 //! a brute-force throttle per client IP and per account that never tells
-//! whether an account exists, and the fraud defence that a user sends only
+//! whether an account exists (counted in the policy-state backend, so a
+//! pair of MSAs shares it: guessing on the other node gains nothing), and
+//! the fraud defence that a user sends only
 //! as an address they own (553 5.7.1).
 
-use std::collections::{HashMap, VecDeque};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Duration;
 
 use palisade_config::{SubmissionSettings, TypoGuardMode};
+use palisade_policy::state::{Events, SharedState};
 use palisade_smtp_proto::{MailParams, RcptParams, Reply};
 use palisade_smtp_server::{Envelope, Hooks, SessionInfo};
 use tracing::{info, warn};
@@ -27,7 +29,7 @@ pub struct SubmissionIntake {
     pub settings: SubmissionSettings,
     pub typo: Option<TypoGuard>,
     /// Recent failed AUTH attempts by `ip:…` and `user:…` key.
-    failures: Mutex<HashMap<String, VecDeque<Instant>>>,
+    failures: Events,
 }
 
 impl SubmissionIntake {
@@ -37,12 +39,13 @@ impl SubmissionIntake {
         settings: SubmissionSettings,
         typo: Option<TypoGuard>,
     ) -> Self {
+        let state = relay.policy.as_ref().map(|p| p.state().clone());
         SubmissionIntake {
+            failures: Events::new("DM4", state.unwrap_or_else(SharedState::embedded)),
             relay,
             replica,
             settings,
             typo,
-            failures: Mutex::default(),
         }
     }
 
@@ -50,30 +53,14 @@ impl SubmissionIntake {
         self.settings.auth_failure_window.duration()
     }
 
-    /// Failures of `key` within the window (pruning older ones).
-    fn recent_failures(&self, key: &str) -> usize {
-        let mut all = self.failures.lock().unwrap();
-        let Some(list) = all.get_mut(key) else {
-            return 0;
-        };
-        let window = self.window();
-        while list.front().is_some_and(|t| t.elapsed() > window) {
-            list.pop_front();
-        }
-        list.len()
+    /// Failures of `key` within the window.
+    async fn recent_failures(&self, key: &str) -> u32 {
+        self.failures.count(key, self.window()).await
     }
 
-    fn record_failure(&self, keys: &[&str]) {
-        let mut all = self.failures.lock().unwrap();
-        if all.len() > 100_000 {
-            // Bounded memory under a distributed attack: forget the oldest.
-            let window = self.window();
-            all.retain(|_, l| l.back().is_some_and(|t| t.elapsed() <= window));
-        }
+    async fn record_failure(&self, keys: &[&str]) {
         for k in keys {
-            all.entry(k.to_string())
-                .or_default()
-                .push_back(Instant::now());
+            self.failures.record(k, self.window()).await;
         }
     }
 
@@ -108,10 +95,12 @@ impl Hooks for SubmissionIntake {
     async fn on_auth(&self, s: &SessionInfo, user: &str, password: &str) -> Result<String, Reply> {
         let ip_key = format!("ip:{}", s.peer.ip());
         let user_key = format!("user:{}", user.to_ascii_lowercase());
-        let max = self.settings.auth_max_failures as usize;
+        let max = self.settings.auth_max_failures;
         // Past the limit the attempt is not even checked: guessing gets
         // nothing, and the answer is the same whether the account exists.
-        if self.recent_failures(&ip_key) >= max || self.recent_failures(&user_key) >= max {
+        if self.recent_failures(&ip_key).await >= max
+            || self.recent_failures(&user_key).await >= max
+        {
             warn!(
                 "session {} from {}: AUTH throttled (too many failures)",
                 s.id, s.peer
@@ -141,7 +130,7 @@ impl Hooks for SubmissionIntake {
                 ))
             }
             Ok(Ok(None)) | Err(_) => {
-                self.record_failure(&[&ip_key, &user_key]);
+                self.record_failure(&[&ip_key, &user_key]).await;
                 info!("session {} from {}: AUTH failed for {user}", s.id, s.peer);
                 self.count("failure");
                 tokio::time::sleep(self.settings.auth_failure_delay.duration()).await;

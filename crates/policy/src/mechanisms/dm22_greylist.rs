@@ -7,16 +7,22 @@
 //! from another address of their pool. SPF-pass senders skip it (the
 //! caller decides; see `Policy::on_rcpt`).
 //!
-//! State lives behind [`GreylistStore`]: LMDB per node here; a pair sharing
-//! state (Redis) implements the same two calls.
+//! State lives behind [`GreylistStore`]: LMDB per node, or Redis shared
+//! by a pair ([`crate::state`]), where a triplet's first attempt is
+//! recorded with `SET NX PX` (two nodes seeing it at once keep one
+//! first-seen time) and entries expire by themselves. While Redis is away
+//! the node's LMDB decides: a sender that passed on the other node may be
+//! greylisted once more here (one more delay, never a loss).
 
 use std::path::Path;
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use lmdb::{Database, DatabaseFlags, Environment, EnvironmentFlags, Transaction, WriteFlags};
 use palisade_config::Dm22Greylist;
 use palisade_smtp_proto::Reply;
+
+use crate::state::SharedState;
 
 /// One remembered triplet or client.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -44,9 +50,33 @@ impl Entry {
 }
 
 /// Where greylisting state is kept.
-pub trait GreylistStore: Send + Sync {
-    fn get(&self, key: &str) -> anyhow::Result<Option<Entry>>;
-    fn put(&self, key: &str, entry: Entry) -> anyhow::Result<()>;
+pub(crate) trait GreylistStore {
+    async fn get(&self, key: &str) -> anyhow::Result<Option<Entry>>;
+    /// Stores `entry` for `ttl`. `first`: this is a triplet's first
+    /// attempt, and an entry another node just wrote wins over it.
+    async fn put(&self, key: &str, entry: Entry, ttl: Duration, first: bool) -> anyhow::Result<()>;
+}
+
+/// The greylist in the shared backend.
+struct SharedGreylistStore<'a>(&'a SharedState);
+
+fn unavailable() -> anyhow::Error {
+    anyhow::anyhow!("shared state unavailable")
+}
+
+impl GreylistStore for SharedGreylistStore<'_> {
+    async fn get(&self, key: &str) -> anyhow::Result<Option<Entry>> {
+        let v = self.0.get("DM22", key).await.ok_or_else(unavailable)?;
+        Ok(v.and_then(|v| Entry::decode(v.as_bytes())))
+    }
+
+    async fn put(&self, key: &str, entry: Entry, ttl: Duration, first: bool) -> anyhow::Result<()> {
+        self.0
+            .set("DM22", key, &entry.encode(), ttl, first)
+            .await
+            .ok_or_else(unavailable)?;
+        Ok(())
+    }
 }
 
 /// One node's state in an LMDB file under its data directory.
@@ -67,8 +97,10 @@ impl LmdbGreylistStore {
     }
 }
 
+/// Expiry is by the timestamps in the entries (the decision ignores stale
+/// ones and overwrites them); `first` changes nothing on one node.
 impl GreylistStore for LmdbGreylistStore {
-    fn get(&self, key: &str) -> anyhow::Result<Option<Entry>> {
+    async fn get(&self, key: &str) -> anyhow::Result<Option<Entry>> {
         let txn = self.env.begin_ro_txn()?;
         match txn.get(self.db, &key) {
             Ok(v) => Ok(Entry::decode(v)),
@@ -77,7 +109,7 @@ impl GreylistStore for LmdbGreylistStore {
         }
     }
 
-    fn put(&self, key: &str, entry: Entry) -> anyhow::Result<()> {
+    async fn put(&self, key: &str, entry: Entry, _: Duration, _: bool) -> anyhow::Result<()> {
         let mut txn = self.env.begin_rw_txn()?;
         txn.put(self.db, &key, &entry.encode(), WriteFlags::empty())?;
         // Losing the last second of greylisting state in a crash only
@@ -99,7 +131,8 @@ pub enum Verdict {
 
 pub struct Greylist {
     settings: Dm22Greylist,
-    store: Arc<dyn GreylistStore>,
+    local: Arc<LmdbGreylistStore>,
+    shared: SharedState,
 }
 
 fn now() -> u64 {
@@ -110,19 +143,44 @@ fn now() -> u64 {
 }
 
 impl Greylist {
-    pub fn new(settings: &Dm22Greylist, store: Arc<dyn GreylistStore>) -> Self {
+    pub fn new(
+        settings: &Dm22Greylist,
+        local: Arc<LmdbGreylistStore>,
+        shared: SharedState,
+    ) -> Self {
         Greylist {
             settings: settings.clone(),
-            store,
+            local,
+            shared,
         }
     }
 
-    pub fn check(&self, network: &str, sender: &str, rcpt: &str) -> anyhow::Result<Verdict> {
-        self.check_at(now(), network, sender, rcpt)
+    pub async fn check(&self, network: &str, sender: &str, rcpt: &str) -> anyhow::Result<Verdict> {
+        self.check_at(now(), network, sender, rcpt).await
     }
 
-    pub fn check_at(
+    /// Decides in the shared store when there is one and it answers, else
+    /// in this node's.
+    pub async fn check_at(
         &self,
+        now: u64,
+        network: &str,
+        sender: &str,
+        rcpt: &str,
+    ) -> anyhow::Result<Verdict> {
+        if self.shared.is_shared() {
+            let store = SharedGreylistStore(&self.shared);
+            if let Ok(v) = self.decide(&store, now, network, sender, rcpt).await {
+                return Ok(v);
+            }
+        }
+        self.decide(self.local.as_ref(), now, network, sender, rcpt)
+            .await
+    }
+
+    async fn decide(
+        &self,
+        store: &impl GreylistStore,
         now: u64,
         network: &str,
         sender: &str,
@@ -130,8 +188,10 @@ impl Greylist {
     ) -> anyhow::Result<Verdict> {
         let s = &self.settings;
         let lifetime = s.pass_lifetime.0 as u64;
+        let keep = s.pass_lifetime.duration();
+        let pending = s.retry_window.duration();
         let client_key = format!("c\0{network}");
-        if let Some(c) = self.store.get(&client_key)? {
+        if let Some(c) = store.get(&client_key).await? {
             if c.passes >= s.auto_whitelist_after && now.saturating_sub(c.last_seen) < lifetime {
                 return Ok(Verdict::Pass);
             }
@@ -151,16 +211,14 @@ impl Greylist {
                 format!("<{rcpt}>: Recipient address rejected: Greylisted, try again in {wait} s"),
             ))
         };
-        match self.store.get(&key)? {
+        match store.get(&key).await? {
             Some(e) if e.passes > 0 && now.saturating_sub(e.last_seen) < lifetime => {
-                self.store.put(
-                    &key,
-                    Entry {
-                        last_seen: now,
-                        passes: e.passes + 1,
-                        ..e
-                    },
-                )?;
+                let e = Entry {
+                    last_seen: now,
+                    passes: e.passes + 1,
+                    ..e
+                };
+                store.put(&key, e, keep, false).await?;
                 Ok(Verdict::Pass)
             }
             Some(e) if e.passes == 0 && now.saturating_sub(e.first_seen) <= window => {
@@ -169,38 +227,32 @@ impl Greylist {
                     // does not restart the clock, nor shorten it.
                     return Ok(greylisted(e.first_seen));
                 }
-                self.store.put(
-                    &key,
-                    Entry {
-                        last_seen: now,
-                        passes: 1,
-                        ..e
-                    },
-                )?;
-                let c = self.store.get(&client_key)?.unwrap_or(Entry {
+                let e = Entry {
+                    last_seen: now,
+                    passes: 1,
+                    ..e
+                };
+                store.put(&key, e, keep, false).await?;
+                let c = store.get(&client_key).await?.unwrap_or(Entry {
                     first_seen: now,
                     ..Entry::default()
                 });
-                self.store.put(
-                    &client_key,
-                    Entry {
-                        last_seen: now,
-                        passes: c.passes + 1,
-                        ..c
-                    },
-                )?;
+                let c = Entry {
+                    last_seen: now,
+                    passes: c.passes + 1,
+                    ..c
+                };
+                store.put(&client_key, c, keep, false).await?;
                 Ok(Verdict::PassedRetry)
             }
             // Unknown, expired, or retried too late: start over.
             _ => {
-                self.store.put(
-                    &key,
-                    Entry {
-                        first_seen: now,
-                        last_seen: now,
-                        passes: 0,
-                    },
-                )?;
+                let e = Entry {
+                    first_seen: now,
+                    last_seen: now,
+                    passes: 0,
+                };
+                store.put(&key, e, pending, true).await?;
                 Ok(greylisted(now))
             }
         }
@@ -213,6 +265,10 @@ mod tests {
     use palisade_config::Seconds;
 
     fn greylist(auto: u32) -> (Greylist, std::path::PathBuf) {
+        greylist_with(auto, SharedState::embedded())
+    }
+
+    fn greylist_with(auto: u32, shared: SharedState) -> (Greylist, std::path::PathBuf) {
         let dir =
             std::env::temp_dir().join(format!("dm22-{}-{}", std::process::id(), rand_suffix()));
         let store = Arc::new(LmdbGreylistStore::open(&dir).unwrap());
@@ -223,7 +279,7 @@ mod tests {
             auto_whitelist_after: auto,
             ..Dm22Greylist::default()
         };
-        (Greylist::new(&s, store), dir)
+        (Greylist::new(&s, store, shared), dir)
     }
 
     fn rand_suffix() -> u64 {
@@ -233,63 +289,105 @@ mod tests {
             .as_nanos() as u64
     }
 
-    #[test]
-    fn first_attempt_451_early_retry_451_later_retry_passes() {
+    #[tokio::test]
+    async fn first_attempt_451_early_retry_451_later_retry_passes() {
         let (g, dir) = greylist(10);
         let t = 1_000_000;
         let v = g
             .check_at(t, "192.0.2.0/24", "a@x.test", "u@example.test")
+            .await
             .unwrap();
         assert!(matches!(v, Verdict::Greylisted(r) if r.code == 451));
         assert!(matches!(
             g.check_at(t + 30, "192.0.2.0/24", "a@x.test", "u@example.test")
+                .await
                 .unwrap(),
             Verdict::Greylisted(_)
         ));
         assert_eq!(
             g.check_at(t + 61, "192.0.2.0/24", "a@x.test", "u@example.test")
+                .await
                 .unwrap(),
             Verdict::PassedRetry
         );
         assert_eq!(
             g.check_at(t + 7200, "192.0.2.0/24", "A@x.test", "u@example.test")
+                .await
                 .unwrap(),
             Verdict::Pass
         );
         // Another sender is a new triplet.
         assert!(matches!(
             g.check_at(t + 7200, "192.0.2.0/24", "b@x.test", "u@example.test")
+                .await
                 .unwrap(),
             Verdict::Greylisted(_)
         ));
         std::fs::remove_dir_all(dir).unwrap();
     }
 
-    #[test]
-    fn retry_after_the_window_starts_over() {
+    #[tokio::test]
+    async fn retry_after_the_window_starts_over() {
         let (g, dir) = greylist(10);
         let t = 1_000_000;
-        g.check_at(t, "n", "a@x.test", "u@e.test").unwrap();
+        g.check_at(t, "n", "a@x.test", "u@e.test").await.unwrap();
         assert!(matches!(
-            g.check_at(t + 4000, "n", "a@x.test", "u@e.test").unwrap(),
+            g.check_at(t + 4000, "n", "a@x.test", "u@e.test")
+                .await
+                .unwrap(),
             Verdict::Greylisted(_)
         ));
         std::fs::remove_dir_all(dir).unwrap();
     }
 
-    #[test]
-    fn clients_that_retried_are_auto_whitelisted() {
+    #[tokio::test]
+    async fn clients_that_retried_are_auto_whitelisted() {
         let (g, dir) = greylist(1);
         let t = 1_000_000;
-        g.check_at(t, "n", "a@x.test", "u@e.test").unwrap();
+        g.check_at(t, "n", "a@x.test", "u@e.test").await.unwrap();
         assert_eq!(
-            g.check_at(t + 61, "n", "a@x.test", "u@e.test").unwrap(),
+            g.check_at(t + 61, "n", "a@x.test", "u@e.test")
+                .await
+                .unwrap(),
             Verdict::PassedRetry
         );
         assert_eq!(
-            g.check_at(t + 62, "n", "new@y.test", "v@e.test").unwrap(),
+            g.check_at(t + 62, "n", "new@y.test", "v@e.test")
+                .await
+                .unwrap(),
             Verdict::Pass
         );
         std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_triplet_delayed_on_one_node_passes_on_the_other() {
+        let server = crate::state::tests::RedisServer::start();
+        let (mx1, d1) = greylist_with(10, server.state());
+        let (mx2, d2) = greylist_with(10, server.state());
+        let t = 1_000_000;
+        let first = mx1.check_at(t, "n", "a@x.test", "u@e.test").await.unwrap();
+        assert!(matches!(first, Verdict::Greylisted(_)));
+        // The early retry on the other node is still too early...
+        let early = mx2
+            .check_at(t + 30, "n", "a@x.test", "u@e.test")
+            .await
+            .unwrap();
+        assert!(matches!(early, Verdict::Greylisted(_)));
+        // ... and once the delay is served it passes there at once.
+        assert_eq!(
+            mx2.check_at(t + 61, "n", "a@x.test", "u@e.test")
+                .await
+                .unwrap(),
+            Verdict::PassedRetry
+        );
+        assert_eq!(
+            mx1.check_at(t + 62, "n", "a@x.test", "u@e.test")
+                .await
+                .unwrap(),
+            Verdict::Pass
+        );
+        std::fs::remove_dir_all(d1).unwrap();
+        std::fs::remove_dir_all(d2).unwrap();
     }
 }

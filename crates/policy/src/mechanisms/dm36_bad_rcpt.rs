@@ -2,6 +2,10 @@
 //! `tarpit_after` unknown recipients in a session every further RCPT waits
 //! `tarpit_delay` (a harvester's cost grows, a typo costs nothing), and at
 //! `disconnect_after` the session gets `421 4.7.0` and is closed.
+//!
+//! With `client_window` the count is the client's, across its sessions
+//! (and across a pair's nodes with the Redis state backend, see
+//! `Policy::on_unknown_recipient`): reconnecting does not start over.
 
 use std::time::Duration;
 
@@ -46,6 +50,7 @@ mod tests {
             tarpit_after: 2,
             tarpit_delay: Seconds(0.5),
             disconnect_after: 4,
+            client_window: Seconds(0.0),
         };
         assert_eq!(after_bad_rcpt(&c, 1), Throttle::None);
         assert_eq!(

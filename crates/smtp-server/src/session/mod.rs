@@ -103,6 +103,7 @@ where
                 id,
                 peer,
                 local,
+                proxy: None,
                 helo: None,
                 esmtp: false,
                 tls: None,
@@ -119,9 +120,22 @@ where
         }
     }
 
+    /// The session came through trusted load balancer `proxy`; `peer` is
+    /// the client its PROXY header named.
+    pub(crate) fn behind_proxy(mut self, proxy: SocketAddr) -> Self {
+        self.info.proxy = Some(proxy);
+        self
+    }
+
     /// Runs the session to its end, logging one line at start and at end.
     pub(crate) async fn run(mut self) {
-        info!(peer = %self.info.peer, local = %self.info.local, "session start");
+        match self.info.proxy {
+            Some(proxy) => info!(
+                peer = %self.info.peer, local = %self.info.local, %proxy,
+                "session start"
+            ),
+            None => info!(peer = %self.info.peer, local = %self.info.local, "session start"),
+        }
         let stop = match self.greet().await {
             Ok(()) => self.command_loop().await,
             Err(stop) => stop,
@@ -174,6 +188,9 @@ where
         match timeout(pause, self.stream.read_buf(&mut self.inbuf)).await {
             Err(_elapsed) => {}
             Ok(Ok(0)) => return Err(Stop::Eof),
+            Ok(Ok(_)) if crate::proxy::looks_like_header(&self.inbuf) => {
+                return Err(self.untrusted_proxy_header());
+            }
             Ok(Ok(_)) => {
                 let reply = Reply::early_talker();
                 self.refused(&reply);
@@ -197,6 +214,13 @@ where
                 Ok(line) => line,
                 Err(stop) => return stop,
             };
+            if self.counters.commands == 0 {
+                if let Line::Command(r) = &line {
+                    if crate::proxy::looks_like_header(&self.inbuf[r.start..]) {
+                        return self.untrusted_proxy_header();
+                    }
+                }
+            }
             let result = match line {
                 Line::TooLong => self.reply(&Reply::syntax_error("Line too long")),
                 Line::Command(range) => match parse_command(&self.inbuf[range]) {
@@ -303,6 +327,20 @@ where
             return Err(Stop::Close);
         }
         Ok(())
+    }
+
+    /// SECURITY: a PROXY header the listener did not ask for (the peer is
+    /// not a trusted proxy) would let a client choose its address.
+    fn untrusted_proxy_header(&mut self) -> Stop {
+        warn!(peer = %self.info.peer, "PROXY header from an untrusted address refused");
+        let reply = Reply::enhanced(
+            554,
+            (5, 7, 0),
+            "PROXY protocol header from an untrusted address",
+        );
+        self.refused(&reply);
+        reply.write_wire(&mut self.out, true);
+        Stop::Close
     }
 
     fn refused(&mut self, reply: &Reply) {
