@@ -16,4 +16,6 @@
 //! findings and the report that the renderers print.
 
 pub mod model;
+pub mod probe;
 pub mod report;
+pub mod trace;

@@ -2,9 +2,11 @@
 
 mod clamd;
 mod dkim;
+mod probe;
 mod quarantine;
 mod queue;
 mod spam;
+mod trace;
 mod up;
 mod user;
 
@@ -56,6 +58,10 @@ enum Command {
     /// Messages the content stages kept out of the flow: list, show, release, delete.
     #[command(subcommand)]
     Quarantine(quarantine::QuarantineCommand),
+    /// Delivery probes through flows 1 and 4: loss, bursts, latency per hop.
+    Probe(probe::ProbeArgs),
+    /// A message's path through every node, from their journals; names silent loss.
+    Trace(trace::TraceArgs),
 }
 
 fn main() -> ExitCode {
@@ -68,6 +74,8 @@ fn main() -> ExitCode {
         Command::Spam(cmd) => spam::run(cmd),
         Command::Quarantine(cmd) => quarantine::run(cmd),
         Command::Dkim(cmd) => dkim::run(cmd),
+        Command::Probe(args) => probe::run_probe(args),
+        Command::Trace(args) => trace::run_trace(args),
     };
     match result {
         Ok(code) => code,
