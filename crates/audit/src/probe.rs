@@ -313,7 +313,7 @@ pub fn bursts(probes: &[ProbeRecord]) -> Vec<Burst> {
 }
 
 /// Probes far slower than the median (over 3× and 1 s above it), grouped
-/// into spans of consecutive such probes by send time.
+/// into spans by send time.
 pub fn spikes(probes: &[ProbeRecord], median: f64) -> Vec<Spike> {
     let threshold = (3.0 * median).max(median + 1.0);
     let mut sorted: Vec<&ProbeRecord> = probes.iter().filter(|p| p.received).collect();
@@ -332,13 +332,20 @@ pub fn spikes(probes: &[ProbeRecord], median: f64) -> Vec<Spike> {
             s.to_us = p.sent_us;
             s.probes += 1;
             s.max_s = s.max_s.max(l);
-        } else {
+        } else if open
+            .as_ref()
+            .is_some_and(|s| p.sent_us > s.to_us + SPIKE_GAP_US)
+        {
             out.extend(open.take());
         }
     }
     out.extend(open);
     out
 }
+
+/// Slow probes less than this apart (by send time) are one spike: the
+/// probes in between went through the other node of a pair.
+const SPIKE_GAP_US: u64 = 10_000_000;
 
 /// Our hops in a message, oldest first: (node, time in seconds since the
 /// epoch) from each `Received: ... (Palisade <node>) ... (epoch S.US)`.
@@ -566,7 +573,8 @@ pub async fn run(config: Arc<Config>, opts: ProbeOptions) -> Result<ProbeReport>
     let sent: Arc<Mutex<Vec<Sent>>> = Arc::default();
     let opts_arc = Arc::new(opts.clone());
     let sender = {
-        let (config, sent, opts, run) = (config.clone(), sent.clone(), opts_arc.clone(), run.clone());
+        let (config, sent, opts, run) =
+            (config.clone(), sent.clone(), opts_arc.clone(), run.clone());
         tokio::spawn(async move {
             let start = tokio::time::Instant::now();
             let mut tick = tokio::time::interval(opts.interval);
@@ -727,7 +735,9 @@ Received: by other.example; Tue, 1 Dec 2026 07:00:00 +0000\r\nSubject: x\r\n";
         assert_eq!((r.sent, r.failed_sends, r.received, r.lost), (8, 1, 2, 5));
         assert!((r.flows[0].loss_pct - 100.0 * 4.0 / 6.0).abs() < 1e-9);
         assert!(r.failed());
-        assert!(r.render_text().contains("LOSS BURST: flow 1 seq 2..5 (3 probes)"));
+        assert!(r
+            .render_text()
+            .contains("LOSS BURST: flow 1 seq 2..5 (3 probes)"));
     }
 
     #[test]
@@ -736,10 +746,16 @@ Received: by other.example; Tue, 1 Dec 2026 07:00:00 +0000\r\nSubject: x\r\n";
         assert_eq!((s.n, s.p50, s.p90, s.max), (5, 3.0, 100.0, 100.0));
         let mut probes: Vec<ProbeRecord> = (1..=20).map(|i| rec(1, i, true, false, 0.2)).collect();
         probes[9].latency_s = Some(30.0);
-        probes[10].latency_s = Some(45.0);
+        probes[11].latency_s = Some(45.0);
+        probes[19].latency_s = Some(9.0);
         let sp = spikes(&probes, 0.2);
-        assert_eq!(sp.len(), 1);
+        assert_eq!(sp.len(), 2, "{sp:?}");
+        // One fast probe in between (the peer node) does not split a spike.
         assert_eq!((sp[0].probes, sp[0].max_s), (2, 45.0));
-        assert_eq!(sp[0].from_us, 10 * 2_000_000);
+        assert_eq!(
+            (sp[0].from_us, sp[0].to_us),
+            (10 * 2_000_000, 12 * 2_000_000)
+        );
+        assert_eq!((sp[1].probes, sp[1].from_us), (1, 20 * 2_000_000));
     }
 }

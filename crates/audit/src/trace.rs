@@ -294,7 +294,11 @@ fn walk(s: &Stitched, c: &Copy, prefix: String, out: &mut Vec<String>, depth: us
         .links
         .iter()
         .filter(|l| l.from == (c.node.clone(), c.id.clone()))
-        .filter_map(|l| s.copies.iter().find(|x| (x.node.clone(), x.id.clone()) == l.to))
+        .filter_map(|l| {
+            s.copies
+                .iter()
+                .find(|x| (x.node.clone(), x.id.clone()) == l.to)
+        })
         .collect();
     next.dedup_by(|a, b| a.node == b.node && a.id == b.id);
     let end = ending(c, s);
@@ -392,7 +396,9 @@ const LOOKBACK: Duration = Duration::from_secs(300);
 /// delivery, closest to `no congestion control` (a stage that drops mail
 /// when a peer fails or overloads) — see docs/probe.md.
 pub async fn conservation(config: &Config, since: SystemTime) -> Vec<Finding> {
-    let from = since.checked_sub(LOOKBACK).unwrap_or(SystemTime::UNIX_EPOCH);
+    let from = since
+        .checked_sub(LOOKBACK)
+        .unwrap_or(SystemTime::UNIX_EPOCH);
     let path = format!(
         "/journal?since={:.6}",
         palisade_stage::journal::unix_seconds(from)
@@ -415,7 +421,10 @@ fn findings(j: &Journals, s: &Stitched) -> Vec<Finding> {
     };
     for l in &s.losses {
         out.push(finding(
-            format!("{} -> {}: message lost between hops", l.from_node, l.to_node),
+            format!(
+                "{} -> {}: message lost between hops",
+                l.from_node, l.to_node
+            ),
             Verdict::NotWorking,
             format!(
                 "{} {} forwarded <{}> to {} as {} at {}; {} has no record of {}",
@@ -513,7 +522,13 @@ mod tests {
                 "mx-1",
                 vec![
                     entry(Accepted, "Q1", 1_000_000, None, Some(false)),
-                    entry(Forwarded, "Q1", 1_100_000, Some(("antivirus-2", "Q2")), None),
+                    entry(
+                        Forwarded,
+                        "Q1",
+                        1_100_000,
+                        Some(("antivirus-2", "Q2")),
+                        None,
+                    ),
                 ],
             ),
             page(
@@ -533,9 +548,18 @@ mod tests {
         ];
         let antispam = vec![
             entry(Accepted, "Q3", 1_150_000, None, Some(false)),
-            entry(Forwarded, "Q3", 1_300_000, Some(("store-staff", "S4")), None),
+            entry(
+                Forwarded,
+                "Q3",
+                1_300_000,
+                Some(("store-staff", "S4")),
+                None,
+            ),
         ];
-        pages.push(page("antispam-1", if with_antispam { antispam } else { vec![] }));
+        pages.push(page(
+            "antispam-1",
+            if with_antispam { antispam } else { vec![] },
+        ));
         Journals {
             pages,
             unreachable: vec![],
@@ -556,7 +580,8 @@ mod tests {
             p[0]
         );
         assert!(
-            p[0].contains(" -> store-staff S4 (") && p[0].ends_with("delivered to INBOX for <alice@example.test> at 00:00:01.250"),
+            p[0].contains(" -> store-staff S4 (")
+                && p[0].ends_with("delivered to INBOX for <alice@example.test> at 00:00:01.250"),
             "{}",
             p[0]
         );
@@ -607,7 +632,10 @@ mod tests {
         };
         assert_eq!(stitch(&j, 0).vanished, vec![("mx-1".into(), "Q1".into())]);
         let queued = Journals {
-            pages: vec![page("mx-1", vec![entry(Accepted, "Q1", 1, None, Some(true))])],
+            pages: vec![page(
+                "mx-1",
+                vec![entry(Accepted, "Q1", 1, None, Some(true))],
+            )],
             unreachable: vec![],
         };
         let s = stitch(&queued, 0);

@@ -55,7 +55,10 @@ pub fn run_probe(args: ProbeArgs) -> Result<ExitCode> {
     let config = Arc::new(crate::load_config(&args.config.config)?);
     let opts = ProbeOptions {
         duration: args.duration.duration(),
-        interval: args.interval.duration().max(std::time::Duration::from_millis(100)),
+        interval: args
+            .interval
+            .duration()
+            .max(std::time::Duration::from_millis(100)),
         flows: args.flow,
         user: args.user,
         password,

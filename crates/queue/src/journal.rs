@@ -310,7 +310,10 @@ mod tests {
             message_id_of(b"message-id:\r\n <folded@x>\r\n\r\n").as_deref(),
             Some("folded@x")
         );
-        assert_eq!(message_id_of(b"Subject: x\r\n\r\nMessage-ID: <no@x>\r\n"), None);
+        assert_eq!(
+            message_id_of(b"Subject: x\r\n\r\nMessage-ID: <no@x>\r\n"),
+            None
+        );
         assert_eq!(normalize_message_id("  <>  "), None);
     }
 }

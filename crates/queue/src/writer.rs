@@ -320,7 +320,8 @@ impl Writer {
                 }
                 del_opt(txn, store.body, &k)?;
                 if found {
-                    let entry = crate::JournalEntry::new(crate::JournalEvent::Deleted, id.to_string());
+                    let entry =
+                        crate::JournalEntry::new(crate::JournalEvent::Deleted, id.to_string());
                     self.journal(txn, now, entry)?;
                     (Answer::Bool(Ok(true)), Effect::Remove(*id))
                 } else {
@@ -447,7 +448,11 @@ impl Writer {
                 Outcome::Delivered(reply) => {
                     r.state = RcptState::Delivered(reply.clone());
                     r.last_reply = Some(reply.clone());
-                    journal.push((crate::JournalEvent::Forwarded, r.address.clone(), reply.clone()));
+                    journal.push((
+                        crate::JournalEvent::Forwarded,
+                        r.address.clone(),
+                        reply.clone(),
+                    ));
                 }
                 Outcome::Deferred(reply) => r.last_reply = Some(reply.clone()),
                 Outcome::Failed(reply) => {

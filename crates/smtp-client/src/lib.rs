@@ -454,7 +454,8 @@ impl Connection {
     pub async fn auth_plain(&mut self, user: &str, password: &str) -> Result<Reply, ClientError> {
         use base64::Engine as _;
         self.check_usable()?;
-        let token = base64::engine::general_purpose::STANDARD.encode(format!("\0{user}\0{password}"));
+        let token =
+            base64::engine::general_purpose::STANDARD.encode(format!("\0{user}\0{password}"));
         let reply = self
             .command("AUTH", format!("AUTH PLAIN {token}\r\n").as_bytes())
             .await;

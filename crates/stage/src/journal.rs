@@ -174,16 +174,15 @@ pub fn quarantined_entry(
         mail_from: Some(mail_from.to_string()),
         rcpts,
         detail: reason.to_string(),
-        ..JournalEntry::new(
-            JournalEvent::Quarantined,
-            reply_id(reason).unwrap_or("-"),
-        )
+        ..JournalEntry::new(JournalEvent::Quarantined, reply_id(reason).unwrap_or("-"))
     }
 }
 
 /// Seconds since the epoch, for `since=` in requests.
 pub fn unix_seconds(t: SystemTime) -> f64 {
-    t.duration_since(UNIX_EPOCH).unwrap_or_default().as_secs_f64()
+    t.duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs_f64()
 }
 
 #[cfg(test)]

@@ -31,8 +31,9 @@ async fn store_main(ctx: Arc<NodeContext>) -> Result<()> {
         .with_context(|| format!("opening mailboxes {}", mailboxes_dir.display()))?;
     let tls = palisade_stage::tls::server_config(&ctx.config)?;
     let journal_dir = ctx.config.node_dir(&ctx.node_name).join("journal");
-    let journal = palisade_queue::Queue::open(&journal_dir, palisade_queue::QueueOptions::default())
-        .with_context(|| format!("opening journal {}", journal_dir.display()))?;
+    let journal =
+        palisade_queue::Queue::open(&journal_dir, palisade_queue::QueueOptions::default())
+            .with_context(|| format!("opening journal {}", journal_dir.display()))?;
     let intake = Arc::new(intake::StoreIntake::new(
         ctx.clone(),
         directory.clone(),

@@ -42,7 +42,10 @@ impl Imap {
         };
         let greeting = imap.line().await?;
         if !greeting.starts_with(b"* OK") {
-            bail!("IMAP greeting: {}", String::from_utf8_lossy(&greeting).trim());
+            bail!(
+                "IMAP greeting: {}",
+                String::from_utf8_lossy(&greeting).trim()
+            );
         }
         let a = imap
             .command(&format!("LOGIN {} {}", quoted(user), quoted(password)))
@@ -51,10 +54,11 @@ impl Imap {
             bail!("IMAP LOGIN as {user}: {}", a.status);
         }
         let caps = imap.command("CAPABILITY").await?;
-        imap.uidplus = caps
-            .data
-            .iter()
-            .any(|l| String::from_utf8_lossy(l).to_ascii_uppercase().contains("UIDPLUS"));
+        imap.uidplus = caps.data.iter().any(|l| {
+            String::from_utf8_lossy(l)
+                .to_ascii_uppercase()
+                .contains("UIDPLUS")
+        });
         Ok(imap)
     }
 
