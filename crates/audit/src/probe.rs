@@ -106,15 +106,55 @@ pub struct Spike {
     pub max_s: f64,
 }
 
+/// What became of a set of probes.
 #[derive(Clone, Debug, Serialize)]
-pub struct FlowReport {
-    pub flow: u8,
+pub struct Counts {
     pub sent: usize,
     pub failed_sends: usize,
     pub received: usize,
     pub lost: usize,
+    /// Lost, as a share of the probes the gateway accepted.
     pub loss_pct: f64,
+    /// End to end.
     pub latency: Stats,
+}
+
+impl Counts {
+    fn of(ps: &[&ProbeRecord]) -> Counts {
+        let sent = ps.len();
+        let failed_sends = ps.iter().filter(|p| p.send_error.is_some()).count();
+        let received = ps.iter().filter(|p| p.received).count();
+        let lost = sent - failed_sends - received;
+        let accepted = sent - failed_sends;
+        let loss_pct = if accepted == 0 {
+            0.0
+        } else {
+            100.0 * lost as f64 / accepted as f64
+        };
+        let lat: Vec<f64> = ps.iter().filter_map(|p| p.latency_s).collect();
+        Counts {
+            sent,
+            failed_sends,
+            received,
+            lost,
+            loss_pct,
+            latency: Stats::of(&lat),
+        }
+    }
+
+    fn render(&self) -> String {
+        format!(
+            "sent {}, failed sends {}, received {}, lost {} ({:.2} %)\n",
+            self.sent, self.failed_sends, self.received, self.lost, self.loss_pct
+        )
+    }
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct FlowReport {
+    pub flow: u8,
+    #[serde(flatten)]
+    pub counts: Counts,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -124,12 +164,8 @@ pub struct ProbeReport {
     pub duration_s: f64,
     pub interval_s: f64,
     pub flows: Vec<FlowReport>,
-    pub sent: usize,
-    pub failed_sends: usize,
-    pub received: usize,
-    pub lost: usize,
-    pub loss_pct: f64,
-    pub latency: Stats,
+    #[serde(flatten)]
+    pub total: Counts,
     pub hops: Vec<(String, Stats)>,
     pub bursts: Vec<Burst>,
     pub spikes: Vec<Spike>,
@@ -139,41 +175,24 @@ pub struct ProbeReport {
 impl ProbeReport {
     /// Loss or failed sends: exit status 1.
     pub fn failed(&self) -> bool {
-        self.lost > 0 || self.failed_sends > 0
+        self.total.lost > 0 || self.total.failed_sends > 0
     }
 
     fn from_records(run: String, opts: &ProbeOptions, mut probes: Vec<ProbeRecord>) -> Self {
         probes.sort_by_key(|p| (p.flow, p.seq));
-        let summary = |ps: &[&ProbeRecord]| {
-            let sent = ps.len();
-            let failed = ps.iter().filter(|p| p.send_error.is_some()).count();
-            let received = ps.iter().filter(|p| p.received).count();
-            let lost = sent - failed - received;
-            let accepted = sent - failed;
-            let pct = if accepted == 0 {
-                0.0
-            } else {
-                100.0 * lost as f64 / accepted as f64
-            };
-            let lat: Vec<f64> = ps.iter().filter_map(|p| p.latency_s).collect();
-            (sent, failed, received, lost, pct, Stats::of(&lat))
-        };
-        let mut flows = Vec::new();
-        for f in &opts.flows {
-            let ps: Vec<&ProbeRecord> = probes.iter().filter(|p| p.flow == *f).collect();
-            let (sent, failed_sends, received, lost, loss_pct, latency) = summary(&ps);
-            flows.push(FlowReport {
-                flow: *f,
-                sent,
-                failed_sends,
-                received,
-                lost,
-                loss_pct,
-                latency,
-            });
-        }
+        let flows = opts
+            .flows
+            .iter()
+            .map(|f| {
+                let ps: Vec<&ProbeRecord> = probes.iter().filter(|p| p.flow == *f).collect();
+                FlowReport {
+                    flow: *f,
+                    counts: Counts::of(&ps),
+                }
+            })
+            .collect();
         let all: Vec<&ProbeRecord> = probes.iter().collect();
-        let (sent, failed_sends, received, lost, loss_pct, latency) = summary(&all);
+        let total = Counts::of(&all);
         let mut by_hop: BTreeMap<String, Vec<f64>> = BTreeMap::new();
         let mut order: Vec<String> = Vec::new();
         for p in &probes {
@@ -197,14 +216,9 @@ impl ProbeReport {
             duration_s: opts.duration.as_secs_f64(),
             interval_s: opts.interval.as_secs_f64(),
             bursts: bursts(&probes),
-            spikes: spikes(&probes, latency.p50),
+            spikes: spikes(&probes, total.latency.p50),
             flows,
-            sent,
-            failed_sends,
-            received,
-            lost,
-            loss_pct,
-            latency,
+            total,
             hops,
             probes,
         }
@@ -216,15 +230,9 @@ impl ProbeReport {
             self.run, self.duration_s, self.interval_s, self.user
         );
         for f in &self.flows {
-            out.push_str(&format!(
-                "flow {}: sent {}, failed sends {}, received {}, lost {} ({:.2} %)\n",
-                f.flow, f.sent, f.failed_sends, f.received, f.lost, f.loss_pct
-            ));
+            out.push_str(&format!("flow {}: {}", f.flow, f.counts.render()));
         }
-        out.push_str(&format!(
-            "total:  sent {}, failed sends {}, received {}, lost {} ({:.2} %)\n",
-            self.sent, self.failed_sends, self.received, self.lost, self.loss_pct
-        ));
+        out.push_str(&format!("total:  {}", self.total.render()));
         let line = |name: &str, s: &Stats| {
             format!(
                 "  {name:<34} n={:<5} p50 {:>8.3} s  p90 {:>8.3} s  p99 {:>8.3} s  max {:>8.3} s\n",
@@ -233,9 +241,9 @@ impl ProbeReport {
         };
         out.push_str("latency, end to end:\n");
         for f in &self.flows {
-            out.push_str(&line(&format!("flow {}", f.flow), &f.latency));
+            out.push_str(&line(&format!("flow {}", f.flow), &f.counts.latency));
         }
-        out.push_str(&line("all", &self.latency));
+        out.push_str(&line("all", &self.total.latency));
         out.push_str("latency per hop (Received headers):\n");
         for (pair, s) in &self.hops {
             out.push_str(&line(pair, s));
@@ -261,7 +269,7 @@ impl ProbeReport {
                 clock(s.to_us),
                 s.probes,
                 s.max_s,
-                self.latency.p50
+                self.total.latency.p50
             ));
         }
         for p in self.probes.iter().filter(|p| p.send_error.is_some()) {
@@ -732,8 +740,9 @@ Received: by other.example; Tue, 1 Dec 2026 07:00:00 +0000\r\nSubject: x\r\n";
             wait: Duration::ZERO,
         };
         let r = ProbeReport::from_records("r".into(), &opts, probes);
-        assert_eq!((r.sent, r.failed_sends, r.received, r.lost), (8, 1, 2, 5));
-        assert!((r.flows[0].loss_pct - 100.0 * 4.0 / 6.0).abs() < 1e-9);
+        let t = &r.total;
+        assert_eq!((t.sent, t.failed_sends, t.received, t.lost), (8, 1, 2, 5));
+        assert!((r.flows[0].counts.loss_pct - 100.0 * 4.0 / 6.0).abs() < 1e-9);
         assert!(r.failed());
         assert!(r
             .render_text()

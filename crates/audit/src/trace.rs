@@ -106,6 +106,23 @@ pub struct Loss {
     pub time_us: u64,
 }
 
+impl Loss {
+    /// `antivirus-2 Q2 forwarded <rcpt> to antispam-1 as Q3 at T; antispam-1 has no record of Q3`
+    pub fn describe(&self) -> String {
+        format!(
+            "{} {} forwarded <{}> to {} as {} at {}; {} has no record of {}",
+            self.from_node,
+            self.from_id,
+            self.rcpt,
+            self.to_node,
+            self.to_id,
+            clock(self.time_us),
+            self.to_node,
+            self.to_id
+        )
+    }
+}
+
 /// The stitched result.
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct Stitched {
@@ -341,17 +358,7 @@ impl Trace {
             out.push_str(&format!("  {p}\n"));
         }
         for l in &self.stitched.losses {
-            out.push_str(&format!(
-                "SILENT LOSS: {} {} forwarded <{}> to {} as {} at {}; {} has no record of {}\n",
-                l.from_node,
-                l.from_id,
-                l.rcpt,
-                l.to_node,
-                l.to_id,
-                clock(l.time_us),
-                l.to_node,
-                l.to_id
-            ));
+            out.push_str(&format!("SILENT LOSS: {}\n", l.describe()));
         }
         for (node, id) in &self.stitched.vanished {
             out.push_str(&format!(
@@ -426,17 +433,7 @@ fn findings(j: &Journals, s: &Stitched) -> Vec<Finding> {
                 l.from_node, l.to_node
             ),
             Verdict::NotWorking,
-            format!(
-                "{} {} forwarded <{}> to {} as {} at {}; {} has no record of {}",
-                l.from_node,
-                l.from_id,
-                l.rcpt,
-                l.to_node,
-                l.to_id,
-                clock(l.time_us),
-                l.to_node,
-                l.to_id
-            ),
+            l.describe(),
             Vec::new(),
         ));
     }

@@ -33,7 +33,10 @@ async fn journal_follows_the_queue_operations_and_survives_reopen() {
         q.record(
             id,
             vec![
-                (0, Outcome::Delivered("relay=av[127.0.0.1:1] 250 Ok: queued as AB".into())),
+                (
+                    0,
+                    Outcome::Delivered("relay=av[127.0.0.1:1] 250 Ok: queued as AB".into()),
+                ),
                 (1, Outcome::Failed("550 5.1.1 no".into())),
             ],
         )
@@ -53,7 +56,10 @@ async fn journal_follows_the_queue_operations_and_survives_reopen() {
         assert_eq!(
             events(&j),
             vec![
-                (JournalEvent::Accepted, vec!["a@x.test".into(), "b@x.test".into()]),
+                (
+                    JournalEvent::Accepted,
+                    vec!["a@x.test".into(), "b@x.test".into()]
+                ),
                 (JournalEvent::Forwarded, vec!["a@x.test".into()]),
                 (JournalEvent::Failed, vec!["b@x.test".into()]),
             ]
