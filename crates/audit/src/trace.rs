@@ -222,57 +222,38 @@ pub fn clock(us: u64) -> String {
 
 /// How one copy ended, in words.
 fn ending(c: &Copy, s: &Stitched) -> String {
+    let lost = |e: &ServedEntry| {
+        s.losses.iter().any(|l| {
+            l.from_node == c.node && l.from_id == c.id && Some(&l.to_id) == e.next_id.as_ref()
+        })
+    };
     let mut parts = Vec::new();
     for e in &c.entries {
         let rcpt = e.entry.rcpts.first().map(String::as_str).unwrap_or("");
-        match e.entry.event {
-            JournalEvent::Delivered => parts.push(format!(
-                "delivered to {} for <{rcpt}> at {}",
-                e.entry.detail,
-                clock(e.entry.time_us)
-            )),
-            JournalEvent::Duplicate => parts.push(format!(
-                "duplicate of an earlier copy (for <{rcpt}>) at {}",
-                clock(e.entry.time_us)
-            )),
-            JournalEvent::Quarantined => parts.push(format!(
-                "quarantined ({}) at {}",
-                e.entry.detail,
-                clock(e.entry.time_us)
-            )),
-            JournalEvent::Failed => parts.push(format!(
-                "failed for <{rcpt}>: {} at {}",
-                e.entry.detail,
-                clock(e.entry.time_us)
-            )),
-            JournalEvent::Deleted => {
-                parts.push(format!("deleted by an admin at {}", clock(e.entry.time_us)))
+        let detail = &e.entry.detail;
+        let what = match e.entry.event {
+            JournalEvent::Delivered => format!("delivered to {detail} for <{rcpt}>"),
+            JournalEvent::Duplicate => format!("duplicate of an earlier copy (for <{rcpt}>)"),
+            JournalEvent::Quarantined => format!("quarantined ({detail})"),
+            JournalEvent::Failed => format!("failed for <{rcpt}>: {detail}"),
+            JournalEvent::Deleted => "deleted by an admin".to_string(),
+            JournalEvent::Forwarded if e.next_node.is_none() => {
+                format!("sent out for <{rcpt}>: {detail}")
             }
-            JournalEvent::Forwarded if e.next_node.is_none() => parts.push(format!(
-                "sent out for <{rcpt}>: {} at {}",
-                e.entry.detail,
-                clock(e.entry.time_us)
-            )),
-            JournalEvent::Forwarded => {
-                let lost = s
-                    .losses
-                    .iter()
-                    .any(|l| l.from_node == c.node && l.from_id == c.id);
-                if lost {
-                    parts.push(format!(
-                        "SILENT LOSS: forwarded for <{rcpt}> to {} as {} at {}, which has no record of it",
-                        e.next_node.as_deref().unwrap_or("?"),
-                        e.next_id.as_deref().unwrap_or("?"),
-                        clock(e.entry.time_us)
-                    ));
-                }
-            }
+            JournalEvent::Forwarded if lost(e) => format!(
+                "SILENT LOSS: forwarded for <{rcpt}> to {} as {}, which has no record of it,",
+                e.next_node.as_deref().unwrap_or("?"),
+                e.next_id.as_deref().unwrap_or("?"),
+            ),
+            JournalEvent::Forwarded => continue,
             JournalEvent::Accepted => {
                 if e.queued == Some(true) {
                     parts.push("still queued".to_string());
                 }
+                continue;
             }
-        }
+        };
+        parts.push(format!("{what} at {}", clock(e.entry.time_us)));
     }
     if s.vanished.contains(&(c.node.clone(), c.id.clone())) {
         parts.push("SILENT LOSS: accepted, no outcome recorded, not in the queue".into());
