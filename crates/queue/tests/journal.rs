@@ -108,3 +108,57 @@ async fn journal_off_writes_nothing() {
         .unwrap();
     assert!(q.journal_for_message("m@t").unwrap().is_empty());
 }
+
+/// The journal's cost on the enqueue path (docs/probe.md, "Cost"): the
+/// same concurrent enqueue load with the journal on and off, interleaved
+/// rounds; prints medians, asserts nothing about speed. Run with
+/// `cargo test --release -p palisade-queue --test journal -- --ignored --nocapture`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore]
+async fn journal_cost_on_enqueue() {
+    const N: usize = 2000;
+    const SESSIONS: usize = 50;
+    let mut on = Vec::new();
+    let mut off = Vec::new();
+    for round in 0..3 {
+        for journal in [true, false] {
+            let dir = tempdir(&format!("journal-cost-{journal}-{round}"));
+            let opts = QueueOptions {
+                journal_ttl: journal.then_some(Duration::from_secs(86400)),
+                ..QueueOptions::default()
+            };
+            let q = Queue::open(&dir, opts).unwrap();
+            let t = std::time::Instant::now();
+            let mut tasks = Vec::new();
+            for s in 0..SESSIONS {
+                let q = q.clone();
+                tasks.push(tokio::spawn(async move {
+                    for i in 0..N / SESSIONS {
+                        let seed = (s * N + i) as u64;
+                        let m =
+                            with_message_id(msg(seed, &["a@x.test"], 5000), &format!("{seed}@t"));
+                        q.enqueue(m).await.unwrap();
+                    }
+                }));
+            }
+            for t in tasks {
+                t.await.unwrap();
+            }
+            let rate = N as f64 / t.elapsed().as_secs_f64();
+            if journal {
+                on.push(rate)
+            } else {
+                off.push(rate)
+            }
+        }
+    }
+    let median = |v: &mut Vec<f64>| {
+        v.sort_by(|a, b| a.total_cmp(b));
+        v[v.len() / 2]
+    };
+    let (on, off) = (median(&mut on), median(&mut off));
+    println!(
+        "enqueue, {SESSIONS} concurrent, 5 KB: journal on {on:.0} msg/s, off {off:.0} msg/s, ratio {:.3}",
+        on / off
+    );
+}
