@@ -8,6 +8,8 @@
 #     harness's fixed nexthop [127.0.0.1]:2626 (no DNS).
 #  2. Palisade alone: 1 vs 100 destination domains (MX records of d0..d99.test
 #     all -> the same sink), tests/bench/outgoing_domains.py as the client.
+#     For 1 and 100 domains side by side with Postfix (which then resolves
+#     MX records too) see tests/bench/outgoing-domains-vs-postfix.sh.
 #
 #   tests/bench/outgoing-vs-postfix.sh
 #   SKIP_POSTFIX=1 tests/bench/outgoing-vs-postfix.sh   # only part 2
@@ -40,31 +42,8 @@ DNSPORT=25399
 dnsmasq --no-daemon --port=$DNSPORT --listen-address=127.0.0.1 --bind-interfaces \
   --no-resolv --no-hosts --conf-file="$work/zones.conf" 2>/dev/null &
 DNS=$!
-cat >"$work/outgoing.toml" <<TOML
-[gateway]
-hostname = "bench.example.test"
-data_dir = "$work/data"
-dns = "127.0.0.1:$DNSPORT"
-
-[[domain]]
-name = "example.test"
-
-[stage.outgoing]
-accept_from = ["127.0.0.1"]
-[stage.outgoing.limits]
-max_sessions = 1000
-[stage.outgoing.queue]
-concurrency = 20              # like Postfix's default_destination_concurrency_limit
-[stage.outgoing.outbound]
-smtp_port = 2626
-mta_sts = false
-per_domain_concurrency = 20
-
-[node.outgoing-1]
-stage = "outgoing"
-smtp = "127.0.0.1:2531"
-metrics = "127.0.0.1:9191"
-TOML
+. "$REPO/tests/bench/outgoing-node.sh"
+outgoing_toml "$work/data" "127.0.0.1:$DNSPORT" >"$work/outgoing.toml"
 
 if [ "${SKIP_POSTFIX:-0}" != 1 ]; then
   LISTEN=127.0.0.1:2530 "$BENCH/setup-postfix.sh" >/dev/null

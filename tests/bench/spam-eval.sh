@@ -1,17 +1,21 @@
 #!/usr/bin/env bash
 # Cross-validated quality of the antispam stage on the SpamAssassin corpus
-# (shared/corpus), next to bogofilter on exactly the same folds.
+# (shared/corpus), next to bogofilter and SpamAssassin 4.0 (with Bayes and
+# rules only) on exactly the same folds (spam-baselines.sh).
 #
-#   tests/bench/spam-eval.sh [CORPUS_DIR] [K]
+#   nice -n 19 tests/bench/spam-eval.sh [CORPUS_DIR] [K] [OUT_DIR]
 #
-# Needs: cargo build --release; bogofilter (apt-get install bogofilter) for
-# the baseline (skipped when absent). Results: docs/antispam.md.
+# Needs: cargo build --release -p palisade-cli; for the baselines
+#   apt-get install bogofilter spamassassin spamd spamc bc
+# (RUN_BOGO=0 / RUN_SA=0 skip one; SpamAssassin takes ~30 min of CPU on the
+# 3,627 messages). Results: OUT_DIR (default /tmp/spam-eval.XXXXXX, kept),
+# summary.txt there; the figures are in docs/antispam.md.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 CORPUS=${1:-/work/shared/corpus}
 K=${2:-10}
-WORK=$(mktemp -d /tmp/spam-eval.XXXXXX)
-trap 'rm -rf "$WORK"' EXIT
+WORK=${3:-$(mktemp -d /tmp/spam-eval.XXXXXX)}
+mkdir -p "$WORK"
 cat > "$WORK/eval.toml" <<TOML
 [gateway]
 hostname = "mail.example.test"
@@ -24,21 +28,19 @@ smtp = "127.0.0.1:2525"
 TOML
 echo "== palisade, $K-fold cross-validation"
 target/release/palisade spam eval --config "$WORK/eval.toml" --list "$CORPUS/all.txt" \
-  --root "$CORPUS/spamassassin" --folds "$K" --write-folds "$WORK/folds" --results "$WORK/palisade.txt"
-if command -v bogofilter >/dev/null; then
-  echo "== bogofilter on the same folds (baselines.sh, RUN_SA=0)"
-  mkdir -p "$WORK/bl"
-  cp "$CORPUS/baselines.sh" "$CORPUS/eval_results.py" "$WORK/bl/"
-  ln -s "$CORPUS/spamassassin" "$WORK/bl/spamassassin"
-  : > "$WORK/bogo-all.txt"
-  for i in $(seq 1 "$K"); do
-    (cd "$WORK/bl" && TRAIN=$WORK/folds/train$i.txt TEST=$WORK/folds/test$i.txt RUN_SA=0 ./baselines.sh > "$WORK/bl/out$i.txt" 2>&1)
-    # baselines.sh keeps its own work dir for inspection: remove ours only.
-    rm -rf "$(awk '/^work dir:/{print $3; exit}' "$WORK/bl/out$i.txt")"
-    cat "$WORK/bl/results/bogofilter.txt" >> "$WORK/bogo-all.txt"
-    grep "bogofilter bulk (-B, 1 process): recall" "$WORK/bl/results/summary.txt" | tail -1
+  --root "$CORPUS/spamassassin" --folds "$K" --write-folds "$WORK/folds" --results "$WORK/palisade.txt" \
+  | tee "$WORK/palisade-summary.txt"
+rm -rf "$WORK/data"   # the ten folds' LMDB token databases
+echo "== baselines on the same folds"
+tests/bench/spam-baselines.sh "$WORK/folds" "$K" "$WORK/baselines" "$CORPUS"
+if [ -n "${SA_FOLDS:-}" ]; then
+  # SpamAssassin ran on some folds only: palisade and bogofilter on those too.
+  for i in $SA_FOLDS; do cat "$WORK/folds/test$i.txt"; done > "$WORK/sa-tests"
+  for r in palisade:"$WORK/palisade.txt" bogofilter:"$WORK/baselines/bogofilter.txt"; do
+    [ -f "${r#*:}" ] || continue
+    awk 'NR==FNR{t[$2]=1; next} ($4 in t)' "$WORK/sa-tests" "${r#*:}" > "$WORK/${r%%:*}-sa-folds.txt"
+    python3 "$CORPUS/eval_results.py" "${r%%:*}, folds $(echo $SA_FOLDS)" "$WORK/${r%%:*}-sa-folds.txt" 1 \
+      | sed 's/ wall=.*//' | tee -a "$WORK/baselines/summary.txt"
   done
-  python3 "$CORPUS/eval_results.py" "bogofilter bulk, $K folds" "$WORK/bogo-all.txt" 1 | grep -v throughput
-else
-  echo "(bogofilter not installed: apt-get install bogofilter)"
 fi
+echo "results in $WORK (summary: $WORK/baselines/summary.txt)"

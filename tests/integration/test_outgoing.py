@@ -12,6 +12,8 @@ import shutil
 import smtplib
 import socket
 import socketserver
+import ssl
+import urllib.request
 import subprocess
 import tempfile
 import threading
@@ -26,10 +28,12 @@ SINK_PORT_BASE = 30025
 
 
 class Sink:
-    """A tiny SMTP server on (ip, port). mode: ok | greylist | reject | slow."""
+    """A tiny SMTP server on (ip, port). mode: ok | greylist | reject | slow.
+    tls: an ssl.SSLContext (server side) to offer STARTTLS with."""
 
-    def __init__(self, ip, port, mode="ok", delay=0.0):
-        self.ip, self.port, self.mode, self.delay = ip, port, mode, delay
+    def __init__(self, ip, port, mode="ok", delay=0.0, tls=None):
+        self.ip, self.port, self.mode, self.delay, self.tls = ip, port, mode, delay, tls
+        self.tls_sessions = 0
         self.messages = []  # (mail_from, [rcpts], data)
         self.seen = set()
         self.transcript = []
@@ -49,8 +53,21 @@ class Sink:
                     up = cmd.upper()
                     if up.startswith("EHLO"):
                         w("250-sink")
+                        if sink.tls and not isinstance(self.request, ssl.SSLSocket):
+                            w("250-STARTTLS")
                         w("250-PIPELINING")
                         w("250 8BITMIME")
+                    elif up == "STARTTLS" and sink.tls:
+                        w("220 2.0.0 ready to start TLS")
+                        self.wfile.flush()
+                        try:
+                            self.request = sink.tls.wrap_socket(self.request, server_side=True)
+                        except (ssl.SSLError, OSError):
+                            return  # the client refused our certificate
+                        sink.tls_sessions += 1
+                        self.rfile = self.request.makefile("rb")
+                        self.wfile = self.request.makefile("wb", buffering=0)
+                        mail_from, rcpts = None, []
                     elif up.startswith("HELO"):
                         w("250 sink")
                     elif up.startswith("MAIL FROM:"):
@@ -434,3 +451,205 @@ def test_connection_reuse_and_domains_in_parallel(world):
     assert wait_for(lambda: "q@implicit.test" in sinks["plain"].rcpts())
     assert time.time() - t0 < 3.0 and not sinks["slow"].messages
     assert wait_for(lambda: "p@slow.test" in sinks["slow"].rcpts())
+
+
+def test_kill9_while_slow_domain_sends_does_not_resend_to_fast_domain(world):
+    """One message, a fast and a slow domain: the fast domain's 250 is stored
+    as soon as its transaction ends, so a kill -9 while the slow sink still
+    holds its DATA does not send the fast domain a second copy."""
+    arch, sinks, _, _ = world
+    submit(arch, ["quick@implicit.test", "lagging@slow.test"])
+    assert wait_for(lambda: any(t.upper() == "DATA" for t in sinks["slow"].transcript))
+    # The fast destination finished and was logged (logged after it is stored).
+    assert wait_for(lambda: "to=<quick@implicit.test>" in arch.log("outgoing-1")
+                    and "status=sent" in arch.log("outgoing-1"), timeout=3)
+    assert sinks["plain"].rcpts() == ["quick@implicit.test"]
+    arch.kill("outgoing-1")
+    assert not sinks["slow"].messages, "the kill must come while the slow sink holds DATA"
+    sinks["slow"].delay = 0.0
+    arch.start("outgoing-1")
+    assert wait_for(lambda: "lagging@slow.test" in sinks["slow"].rcpts(), timeout=40)
+    assert wait_for(lambda: "lagging@slow.test" not in queue_list(arch))
+    time.sleep(1)
+    assert sinks["plain"].rcpts().count("quick@implicit.test") == 1, sinks["plain"].rcpts()
+    rcpt_cmds = [t for t in sinks["plain"].transcript if "quick@implicit.test" in t]
+    assert len(rcpt_cmds) == 1, f"the fast domain was not even offered it again: {rcpt_cmds}"
+
+
+# ---- MTA-STS (RFC 8461): policies over verified HTTPS, enforce and testing ----
+
+def make_cert(d, name, sans, ca):
+    """A leaf certificate for `sans` signed by the test CA (openssl)."""
+    key, csr, pem, ext = (d / f"{name}.key", d / f"{name}.csr", d / f"{name}.pem", d / f"{name}.ext")
+    ext.write_text("basicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n"
+                   "subjectAltName=" + ",".join(f"DNS:{s}" for s in sans) + "\n")
+    subprocess.run(["openssl", "req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+                    "-nodes", "-keyout", key, "-out", csr, "-subj", f"/CN={sans[0]}"],
+                   check=True, capture_output=True)
+    subprocess.run(["openssl", "x509", "-req", "-in", csr, "-CA", ca[0], "-CAkey", ca[1],
+                    "-CAcreateserial", "-out", pem, "-days", "2", "-extfile", ext],
+                   check=True, capture_output=True)
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(pem, key)
+    return ctx
+
+
+class PolicyServer:
+    """HTTPS on (ip, port) serving /.well-known/mta-sts.txt by Host header."""
+
+    def __init__(self, ip, port, ctx, policies):
+        import http.server
+        self.policies, self.fetches = policies, []
+        srv = self
+
+        class H(http.server.BaseHTTPRequestHandler):
+            def do_GET(self):
+                host = (self.headers.get("Host") or "").split(":")[0]
+                srv.fetches.append((host, self.path))
+                body = srv.policies.get(host)
+                if self.path != "/.well-known/mta-sts.txt" or body is None:
+                    self.send_error(404)
+                    return
+                data = body.encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "text/plain")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def log_message(self, *a):
+                pass
+
+        self.httpd = http.server.ThreadingHTTPServer((ip, port), H)
+        self.httpd.socket = ctx.wrap_socket(self.httpd.socket, server_side=True)
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def stop(self):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+def metrics(arch):
+    host, port = arch.addr("outgoing-1", "metrics")
+    return urllib.request.urlopen(f"http://{host}:{port}/metrics", timeout=10).read().decode()
+
+
+@pytest.fixture
+def sts_world(arch_factory):
+    if shutil.which("dnsmasq") is None:
+        pytest.skip("dnsmasq (dnsmasq-base) is not installed")
+    ips = [f"127.0.0.{i}" for i in range(20, 27)]
+    port = next(p for p in range(SINK_PORT_BASE + 500, SINK_PORT_BASE + 1000)
+                if all(port_free_on(ip, p) for ip in ips))
+    d = Path(tempfile.mkdtemp(prefix="palisade-sts-"))
+    ca = (d / "ca.pem", d / "ca.key")
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt",
+                    "ec_paramgen_curve:prime256v1", "-nodes", "-keyout", ca[1], "-out", ca[0],
+                    "-days", "2", "-subj", "/CN=Palisade test CA",
+                    "-addext", "basicConstraints=critical,CA:TRUE",
+                    "-addext", "keyUsage=critical,keyCertSign,cRLSign"],
+                   check=True, capture_output=True)
+    doms = ["enforce", "wrongcert", "nostarttls", "testing", "othermx"]
+    web = make_cert(d, "web", [f"mta-sts.{x}.test" for x in doms], ca)
+    good = make_cert(d, "mx", ["mx.enforce.test", "mx1.othermx.test", "mx0.othermx.test",
+                               "mx.testing.test"], ca)
+    wrong = make_cert(d, "wrong", ["not-the-mx.example"], ca)
+    sinks = {
+        "enforce": Sink(ips[1], port, tls=good),
+        "wrongcert": Sink(ips[2], port, tls=wrong),
+        "nostarttls": Sink(ips[3], port),
+        "testing": Sink(ips[4], port),                 # no STARTTLS: testing delivers anyway
+        "othermx0": Sink(ips[5], port, tls=good),      # MX 10 but not in the policy
+        "othermx1": Sink(ips[6], port, tls=good),      # MX 20, in the policy
+    }
+    policy = lambda mode, *mx: "version: STSv1\r\nmode: %s\r\n%smax_age: 86400\r\n" % (
+        mode, "".join(f"mx: {m}\r\n" for m in mx))
+    web_srv = PolicyServer(ips[0], port, web, {
+        "mta-sts.enforce.test": policy("enforce", "mx.enforce.test"),
+        "mta-sts.wrongcert.test": policy("enforce", "mx.wrongcert.test"),
+        "mta-sts.nostarttls.test": policy("enforce", "*.nostarttls.test"),
+        "mta-sts.testing.test": policy("testing", "mx.testing.test"),
+        "mta-sts.othermx.test": policy("enforce", "mx1.othermx.test"),
+    })
+    lines = ["local=/test/"]
+    for x in doms:
+        lines += [f'txt-record=_mta-sts.{x}.test,"v=STSv1; id=2026120101"',
+                  f"host-record=mta-sts.{x}.test,{ips[0]}"]
+    for x, ip in [("enforce", ips[1]), ("wrongcert", ips[2]), ("nostarttls", ips[3]),
+                  ("testing", ips[4])]:
+        lines += [f"mx-host={x}.test,mx.{x}.test,10", f"host-record=mx.{x}.test,{ip}"]
+    lines += ["mx-host=othermx.test,mx0.othermx.test,10", f"host-record=mx0.othermx.test,{ips[5]}",
+              "mx-host=othermx.test,mx1.othermx.test,20", f"host-record=mx1.othermx.test,{ips[6]}"]
+    dns = Dns(lines)
+
+    def edit(text):
+        text = text.replace('hostname = "mail.example.test"',
+                            f'hostname = "mail.example.test"\ndns = "127.0.0.1:{dns.port}"')
+        text = text.replace('min_retry = "5m"', 'min_retry = "1s"').replace('max_retry = "1h"', 'max_retry = "2s"')
+        return text.replace("[stage.store]\n", f"""[stage.outgoing.outbound]
+smtp_port = {port}
+mta_sts_port = {port}
+ca_file = "{ca[0]}"
+dsn_delay_after = "0s"
+
+[stage.store]
+""")
+
+    arch = arch_factory(edit=edit)
+    arch.start("outgoing-1")
+    yield arch, sinks, web_srv
+    arch.stop_all()
+    for s in sinks.values():
+        s.stop()
+    web_srv.stop()
+    dns.stop()
+    shutil.rmtree(d, ignore_errors=True)
+
+
+def test_mta_sts_enforce_testing_and_mx_patterns(sts_world):
+    arch, sinks, web = sts_world
+    for x in ["enforce", "wrongcert", "nostarttls", "testing", "othermx"]:
+        submit(arch, [f"user@{x}.test"])
+    # enforce + certificate valid for the MX name: delivered over TLS.
+    assert wait_for(lambda: "user@enforce.test" in sinks["enforce"].rcpts())
+    assert sinks["enforce"].tls_sessions >= 1
+    # testing mode, MX without STARTTLS: delivered anyway (in plaintext).
+    assert wait_for(lambda: "user@testing.test" in sinks["testing"].rcpts())
+    # MX 10 is not in the policy: never used; the policy's MX 20 gets it.
+    assert wait_for(lambda: "user@othermx.test" in sinks["othermx1"].rcpts())
+    assert not sinks["othermx0"].transcript
+    # enforce + wrong certificate / no STARTTLS: kept queued, never sent.
+    assert wait_for(lambda: "certificate required by the domain's MTA-STS policy" in arch.log("outgoing-1"))
+    assert wait_for(lambda: "does not offer STARTTLS, required by the domain's MTA-STS policy"
+                    in arch.log("outgoing-1"))
+    time.sleep(1.5)  # at least one retry
+    q = queue_list(arch)
+    assert "user@wrongcert.test" in q and "user@nostarttls.test" in q
+    assert "user@enforce.test" not in q and "user@testing.test" not in q
+    assert not sinks["wrongcert"].messages and not sinks["nostarttls"].messages
+    assert not any(t.upper().startswith("MAIL") for t in sinks["wrongcert"].transcript + sinks["nostarttls"].transcript)
+    m = metrics(arch)
+    for policy, result in [("mta-sts-enforce", "certificate-host-mismatch"),
+                           ("mta-sts-enforce", "starttls-not-supported"),
+                           ("mta-sts-enforce", "validation-failure"),
+                           ("mta-sts-testing", "starttls-not-supported")]:
+        assert any(l.startswith("palisade_tls_failures_total{")
+                   and f'policy="{policy}",result="{result}"}}' in l for l in m.splitlines()), (policy, result)
+    # Policies were fetched over verified HTTPS once per domain (cached) and
+    # persisted in the node's data dir.
+    assert sorted({h for h, _ in web.fetches}) == sorted(f"mta-sts.{x}.test" for x in
+                                                         ["enforce", "wrongcert", "nostarttls", "testing", "othermx"])
+    assert len(web.fetches) == 5, web.fetches
+    cache = (arch.data / "outgoing-1" / "mta-sts.json").read_text()
+    assert '"enforce.test"' in cache and '"mx.enforce.test"' in cache
+    # A restart keeps the cached policies: with the policy server now
+    # failing every fetch, enforce.test is still delivered under its policy
+    # (same TXT id: no refetch) and wrongcert.test still never gets it.
+    web.policies.clear()
+    arch.kill("outgoing-1")
+    arch.start("outgoing-1")
+    submit(arch, ["again@enforce.test"])
+    assert wait_for(lambda: "again@enforce.test" in sinks["enforce"].rcpts())
+    assert len(web.fetches) == 5, web.fetches
+    time.sleep(1.5)
+    assert "user@wrongcert.test" in queue_list(arch) and not sinks["wrongcert"].messages

@@ -15,7 +15,18 @@
 //! [`model`] holds the types every part shares: the 14 faults, verdicts,
 //! findings and the report that the renderers print.
 
+pub mod evaluation;
+pub mod faults;
+pub mod history;
 pub mod model;
 pub mod probe;
+pub mod render;
 pub mod report;
+pub mod review;
 pub mod trace;
+
+// `palisade audit` (step 2): the runner, its probes and their transcript client.
+pub mod audit;
+pub mod client;
+pub mod imap;
+pub mod probes;

@@ -6,7 +6,10 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::model::{Finding, Verdict};
+use crate::evaluation::{evaluate, Evaluation};
+use crate::history::Snapshot;
+use crate::model::Finding;
+use crate::review::{review, Review};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -39,6 +42,16 @@ pub struct Report {
     /// Seconds since the Unix epoch when the run started.
     pub generated_unix: u64,
     pub findings: Vec<Finding>,
+    /// Step 1, when the run had our config.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub review: Option<Review>,
+    /// Steps 3-4: every failing or unprotected fault, what it endangers
+    /// and what to deploy.
+    #[serde(default)]
+    pub evaluation: Vec<Evaluation>,
+    /// Metrics snapshots for the charts (`history::record`), oldest first.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub history: Vec<Snapshot>,
 }
 
 impl Report {
@@ -47,52 +60,37 @@ impl Report {
     pub fn from_findings(
         target: String,
         findings: Vec<Finding>,
-        _config: Option<&palisade_config::Config>,
+        config: Option<&palisade_config::Config>,
     ) -> Report {
-        let generated_unix = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0);
+        let review = config.map(review);
+        let evaluation = evaluate(&findings, review.as_ref());
         Report {
             target,
-            generated_unix,
+            generated_unix: crate::history::now(),
             findings,
+            review,
+            evaluation,
+            history: Vec::new(),
         }
     }
 
-    /// Exit status 1 (for cron and CI) when any tested fault is unprotected.
+    /// Exit status 1 (for cron and CI) when any tested fault is
+    /// unprotected: a probe got through, or the review found no mechanism
+    /// deployed against it.
     pub fn has_failures(&self) -> bool {
         self.findings.iter().any(|f| f.verdict.is_failure())
+            || self
+                .review
+                .as_ref()
+                .is_some_and(|r| r.unprotected().next().is_some())
     }
 }
 
 pub fn render(report: &Report, format: Format) -> String {
     match format {
         Format::Json => serde_json::to_string_pretty(report).unwrap_or_default(),
-        // Markdown and HTML renderers come with the review work; until
-        // then they print the plain table.
-        Format::Text | Format::Markdown | Format::Html => text(report),
+        Format::Text => crate::render::text::render(report),
+        Format::Markdown => crate::render::markdown::render(report),
+        Format::Html => crate::render::html::render(report),
     }
-}
-
-fn text(report: &Report) -> String {
-    let mut out = format!("audit of {}\n", report.target);
-    for f in &report.findings {
-        let verdict = match f.verdict {
-            Verdict::Working => "working",
-            Verdict::NotWorking => "NOT WORKING",
-            Verdict::Absent => "ABSENT",
-            Verdict::NotTested => "not tested",
-        };
-        let dm = f.mechanism.map(|n| format!("DM{n}")).unwrap_or_default();
-        out.push_str(&format!(
-            "{:<24} {:<6} {:<12} {} — {}\n",
-            f.fault.id(),
-            dm,
-            verdict,
-            f.title,
-            f.detail
-        ));
-    }
-    out
 }

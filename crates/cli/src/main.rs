@@ -1,10 +1,12 @@
 //! `palisade`: the admin command (shared/SPEC.md §2).
 
+mod audit;
 mod clamd;
 mod dkim;
 mod probe;
 mod quarantine;
 mod queue;
+mod review;
 mod spam;
 mod trace;
 mod up;
@@ -62,6 +64,11 @@ enum Command {
     Probe(probe::ProbeArgs),
     /// A message's path through every node, from their journals; names silent loss.
     Trace(trace::TraceArgs),
+    /// Step 1 of the methodology: Table I per stage, the fault coverage
+    /// matrix and the plan for unprotected faults (exit 1 if any).
+    Review(review::ReviewArgs),
+    /// Step 2 of the methodology: active fault-detection probes against a running deployment.
+    Audit(Box<audit::AuditArgs>),
 }
 
 fn main() -> ExitCode {
@@ -76,6 +83,8 @@ fn main() -> ExitCode {
         Command::Dkim(cmd) => dkim::run(cmd),
         Command::Probe(args) => probe::run_probe(args),
         Command::Trace(args) => trace::run_trace(args),
+        Command::Review(args) => review::run(args),
+        Command::Audit(args) => audit::run(*args),
     };
     match result {
         Ok(code) => code,

@@ -58,17 +58,20 @@ pub enum ScannerUnavailable {
     AcceptTagged,
 }
 
-/// `[stage.mx.cut_through]`: the MX holds the client's reply to DATA
-/// until the next stage (antivirus) has taken or refused the message,
-/// so an infected message is refused with a 5xx to the client instead of
-/// being quarantined after a 250.
+/// `[stage.mx.cut_through]`, `[stage.msa.cut_through]`: the entry node
+/// holds the client's reply to DATA until the content stages have given
+/// their verdicts (antivirus, then antispam, each handing the message to
+/// the next while its client waits), so a virus or a spam-reject score is
+/// refused with a 5xx to the connected client instead of being
+/// quarantined after a 250.
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct CutThroughSettings {
     pub enabled: bool,
-    /// How long the client waits for the next stage. Past it (or when the
-    /// next stage is down or tempfails), the MX queues the message as
-    /// usual and answers 250: nothing is lost, the scan happens later.
+    /// How long the client waits for the verdicts. Past it (or when a
+    /// content stage is down or tempfails), the node that has the message
+    /// queues it as usual and answers 250: nothing is lost, the scan
+    /// happens later (post-queue: quarantine, tag).
     pub deadline: Seconds,
 }
 
@@ -76,7 +79,7 @@ impl Default for CutThroughSettings {
     fn default() -> Self {
         CutThroughSettings {
             enabled: false,
-            deadline: Seconds(30.0),
+            deadline: Seconds(20.0),
         }
     }
 }
@@ -100,7 +103,13 @@ pub struct SpamSettings {
     pub quarantine_threshold: f64,
     /// Flow 4 (an authenticated local user sending): at or above, the
     /// message is held in the quarantine and counted; never sent on.
+    /// Under cut-through it is refused (550 5.7.1) to the user instead.
     pub outbound_hold_threshold: f64,
+    /// Flow 1 under cut-through (the sender still waits for the reply to
+    /// DATA): at or above, the message is refused with 550 5.7.1 instead
+    /// of being accepted. Default: `quarantine_threshold`, so what would
+    /// be quarantined post-queue is refused while the sender listens.
+    pub cut_through_reject_threshold: Option<f64>,
     /// Use the built-in DM23 rules in addition to `rule`.
     pub builtin_rules: bool,
     /// DM23 rules of this site.
@@ -116,9 +125,18 @@ impl Default for SpamSettings {
             tag_threshold: 5.0,
             quarantine_threshold: 20.0,
             outbound_hold_threshold: 5.0,
+            cut_through_reject_threshold: None,
             builtin_rules: true,
             rule: Vec::new(),
         }
+    }
+}
+
+impl SpamSettings {
+    /// The flow-1 score refused under cut-through.
+    pub fn cut_through_reject(&self) -> f64 {
+        self.cut_through_reject_threshold
+            .unwrap_or(self.quarantine_threshold)
     }
 }
 
@@ -219,6 +237,16 @@ pub(crate) fn validate(config: &Config, problems: &mut Vec<Problem>) {
             ),
         ));
     }
+    if s.cut_through_reject() < s.tag_threshold {
+        problems.push((
+            key(&["stage", "antispam", "spam", "cut_through_reject_threshold"]),
+            format!(
+                "{} is below tag_threshold {}: mail not even tagged as spam would be refused",
+                s.cut_through_reject(),
+                s.tag_threshold
+            ),
+        ));
+    }
     if s.bayes_spam_points < s.bayes_ham_points {
         problems.push((
             key(&["stage", "antispam", "spam", "bayes_spam_points"]),
@@ -267,6 +295,8 @@ mod tests {
         assert!(c.clamd_addresses()[0].ends_with("data/clamd/clamd.sock"));
         assert!(c.bayes_db_dir().ends_with("antispam/bayes"));
         assert!(!c.settings(crate::StageKind::Mx).cut_through.enabled);
+        assert_eq!(c.settings(crate::StageKind::Mx).cut_through.deadline.0, 20.0);
+        assert_eq!(c.spam().cut_through_reject(), c.spam().quarantine_threshold);
     }
 
     #[test]
@@ -275,5 +305,7 @@ mod tests {
         assert_eq!(e.len(), 2, "{e:?}");
         assert!(e[0].contains("stage.antivirus.virus.clamd") && e[0].contains("`nowhere`"));
         assert!(e[1].contains("quarantine_threshold"));
+        let e = errors("[stage.antispam.spam]\ncut_through_reject_threshold = 2.0\n");
+        assert!(e.len() == 1 && e[0].contains("cut_through_reject_threshold"), "{e:?}");
     }
 }

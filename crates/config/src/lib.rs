@@ -16,7 +16,7 @@ pub use content::{CutThroughSettings, ScannerUnavailable, SpamRule, SpamSettings
 pub use duration::Seconds;
 pub use mechanisms::*;
 pub use model::*;
-pub use outbound::{static_route, DkimKey, OutboundSettings, RouteTable};
+pub use outbound::{static_route, DkimKey, OutboundSettings, RequireTls, RouteTable};
 
 use std::fmt;
 use std::path::{Path, PathBuf};

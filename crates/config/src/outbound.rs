@@ -6,7 +6,10 @@
 //!
 //! [stage.outgoing.outbound]
 //! smtp_port = 25                     # port of remote MX hosts (labs/tests: any)
-//! require_tls = ["bank.example"]     # never deliver these in plaintext
+//! require_tls = ["bank.example",     # never deliver these in plaintext
+//!   { domain = "pay.example", verify = true }]  # ... and verify the MX certificate
+//! mta_sts = true                     # fetch and apply MTA-STS policies (RFC 8461)
+//! ca_file = "/etc/palisade/extra-ca.pem"  # trusted besides the WebPKI roots
 //! dsn_delay_after = "4h"             # "delayed" notice to the sender
 //!
 //! [[stage.outgoing.outbound.dkim]]
@@ -36,11 +39,18 @@ pub struct OutboundSettings {
     pub smtp_port: u16,
     /// Domains that must never receive mail in plaintext: STARTTLS is
     /// required, and a host that does not offer it is skipped (the
-    /// message stays queued).
-    pub require_tls: Vec<String>,
-    /// Honour MTA-STS (RFC 8461): a domain that publishes a
-    /// `_mta-sts.<domain>` TXT record (`v=STSv1`) gets STARTTLS required.
+    /// message stays queued). `{ domain = "...", verify = true }` also
+    /// requires the host's certificate to verify against its name.
+    pub require_tls: Vec<RequireTls>,
+    /// Honour MTA-STS (RFC 8461): fetch the policy of a domain that
+    /// publishes `_mta-sts.<domain>` TXT (`v=STSv1; id=...`) and apply it.
     pub mta_sts: bool,
+    /// HTTPS port of `mta-sts.<domain>`: 443 on the Internet; a test or
+    /// lab setting otherwise (like `smtp_port`).
+    pub mta_sts_port: u16,
+    /// PEM CA certificates trusted for verified TLS (MTA-STS, `verify`)
+    /// in addition to the WebPKI roots: a private CA, or a test CA.
+    pub ca_file: Option<PathBuf>,
     /// DKIM keys of the local domains. Several keys for one domain are a
     /// rotation: the last one whose public key is published in DNS signs.
     pub dkim: Vec<DkimKey>,
@@ -63,6 +73,8 @@ impl Default for OutboundSettings {
             smtp_port: 25,
             require_tls: Vec::new(),
             mta_sts: true,
+            mta_sts_port: 443,
+            ca_file: None,
             dkim: Vec::new(),
             dsn_delay_after: Seconds(4.0 * 3600.0),
             per_domain_concurrency: 10,
@@ -86,12 +98,35 @@ pub struct DkimKey {
     pub key: PathBuf,
 }
 
+/// One `require_tls` entry: a domain name, or a table with `verify`.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(untagged)]
+pub enum RequireTls {
+    Domain(String),
+    Rule {
+        domain: String,
+        #[serde(default)]
+        verify: bool,
+    },
+}
+
+impl RequireTls {
+    fn parts(&self) -> (&str, bool) {
+        match self {
+            RequireTls::Domain(d) => (d, false),
+            RequireTls::Rule { domain, verify } => (domain, *verify),
+        }
+    }
+}
+
 impl OutboundSettings {
-    /// True when the configuration demands TLS for `domain`.
-    pub fn requires_tls(&self, domain: &str) -> bool {
+    /// `Some(verify)` when the configuration demands TLS for `domain`.
+    pub fn requires_tls(&self, domain: &str) -> Option<bool> {
         self.require_tls
             .iter()
-            .any(|d| d.trim_end_matches('.').eq_ignore_ascii_case(domain))
+            .map(RequireTls::parts)
+            .find(|(d, _)| d.trim_end_matches('.').eq_ignore_ascii_case(domain))
+            .map(|(_, verify)| verify)
     }
 }
 

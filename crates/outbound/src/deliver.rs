@@ -22,6 +22,7 @@ use std::collections::{HashMap, HashSet};
 use std::io::Write;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -42,16 +43,29 @@ use crate::bounce::{
 };
 use crate::dkim::{from_domain, DkimSigners, REVERIFY_EVERY};
 use crate::dsn::{self, DsnInput, DsnKind, DsnRecipient};
+use crate::mta_sts::{Mode as StsMode, StsCache};
 use crate::resolve::DnsResolver;
-use crate::tls_policy::{TlsPolicies, TlsPolicy};
+use crate::tls_policy::{tlsrpt_result, verified_tls, TlsPolicies, TlsPolicy};
 
 /// Idle pooled connections older than this are closed rather than reused.
 const IDLE_REUSE_LIMIT: Duration = Duration::from_secs(20);
 /// Idle connections kept per remote address.
 const MAX_IDLE_PER_HOST: usize = 8;
 
-/// Idle connections by (remote address, TLS required), with when each was parked.
-type IdlePool = HashMap<(SocketAddr, bool), Vec<(Connection, Instant)>>;
+/// How one connection must be secured; part of the pool key, so a pooled
+/// connection is only reused under the same (or the same strict) terms.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+enum HostTls {
+    /// STARTTLS when offered, certificate not checked (RFC 7435).
+    Opportunistic,
+    /// STARTTLS required, certificate not checked.
+    Required,
+    /// STARTTLS required, certificate verified against this host name.
+    Verified(String),
+}
+
+/// Idle connections by (remote address, TLS terms), with when each was parked.
+type IdlePool = HashMap<(SocketAddr, HostTls), Vec<(Connection, Instant)>>;
 
 /// Where one group of recipients of a message goes.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -91,6 +105,8 @@ pub struct Deliverer {
     tls: TlsPolicies,
     dkim: DkimSigners,
     client: ClientConfig,
+    /// Verified TLS: WebPKI roots plus `outbound.ca_file`.
+    verified: Arc<rustls::ClientConfig>,
     idle: Mutex<IdlePool>,
     per_destination: Mutex<HashMap<String, Arc<Semaphore>>>,
     next_start: Mutex<HashMap<String, Instant>>,
@@ -111,14 +127,23 @@ impl Deliverer {
             helo_name: ctx.config.gateway.hostname.clone(),
             tls_mode: TlsMode::Opportunistic,
             // Opportunistic TLS cannot authenticate the server (RFC 7435);
-            // see tls_policy.rs for what enforcement does not cover yet.
+            // verified TLS (MTA-STS, require_tls verify) uses `verified`.
             tls: Some(insecure_tls_config()),
             server_name: None,
             connect_timeout: o.connect_timeout.duration(),
             command_timeout: o.command_timeout.duration(),
             data_timeout: o.command_timeout.duration() * 2,
         };
-        let delay_notified_file = ctx.config.node_dir(&ctx.node_name).join("delay-notified");
+        let node_dir = ctx.config.node_dir(&ctx.node_name);
+        let verified = verified_tls(o.ca_file.as_deref())?;
+        let sts = o.mta_sts.then(|| {
+            StsCache::new(
+                node_dir.join("mta-sts.json"),
+                verified.clone(),
+                o.mta_sts_port,
+            )
+        });
+        let delay_notified_file = node_dir.join("delay-notified");
         let delay_notified = std::fs::read_to_string(&delay_notified_file)
             .unwrap_or_default()
             .lines()
@@ -130,9 +155,10 @@ impl Deliverer {
             queue,
             settings,
             dns,
-            tls: TlsPolicies::default(),
+            tls: TlsPolicies::new(sts),
             dkim,
             client,
+            verified,
             idle: Mutex::default(),
             per_destination: Mutex::default(),
             next_start: Mutex::default(),
@@ -213,15 +239,28 @@ impl Deliverer {
             }
         }
 
-        // One message to many domains: every destination in parallel.
+        // One message to many domains: every destination in parallel. Each
+        // destination that finishes while others are still sending settles
+        // its delivered recipients durably at once, so a crash (kill -9)
+        // during a slow destination never re-sends to one that already
+        // answered 250. The last one to finish leaves it to `record` below
+        // (one commit instead of two for the common one-domain message).
         let started = Instant::now();
+        let still_sending = Arc::new(AtomicUsize::new(groups.len()));
         let mut tasks = tokio::task::JoinSet::new();
         for (route, rcpts) in groups {
             let me = self.clone();
             let (envelope, message, origin) = (envelope.clone(), message.clone(), origin.clone());
+            let still_sending = still_sending.clone();
             tasks.spawn(async move {
-                me.deliver_group(id, &route, &envelope, &rcpts, &origin, &message)
-                    .await
+                let results = me
+                    .deliver_group(id, &route, &envelope, &rcpts, &origin, &message)
+                    .await;
+                if still_sending.fetch_sub(1, Ordering::AcqRel) > 1 {
+                    me.settle_delivered(id, &results).await;
+                }
+                me.log_results(id, &envelope, &results, started);
+                results
             });
         }
         let mut results = Vec::new();
@@ -231,7 +270,6 @@ impl Deliverer {
                 Err(e) => warn!("{id}: delivery task failed: {e}"),
             }
         }
-        self.log_results(id, &envelope, &results, started);
         let any_deferred = results
             .iter()
             .any(|(_, o)| matches!(o, Outcome::Deferred(_)));
@@ -249,6 +287,27 @@ impl Deliverer {
                 }
             }
             Err(e) => warn!("{id}: cannot record delivery results: {e}"),
+        }
+    }
+
+    /// Stores the delivered recipients of one finished destination now
+    /// (Queue::settle). Failures and deferrals wait for the attempt's
+    /// `record`: repeating those after a crash delivers nothing twice, and
+    /// the failure notice stays tied to the one record that fails them.
+    async fn settle_delivered(&self, id: QueueId, results: &[(usize, Outcome)]) {
+        let delivered: Vec<(usize, String)> = results
+            .iter()
+            .filter_map(|(i, o)| match o {
+                Outcome::Delivered(reply) => Some((*i, reply.clone())),
+                _ => None,
+            })
+            .collect();
+        if delivered.is_empty() {
+            return;
+        }
+        if let Err(e) = self.queue.settle(id, delivered).await {
+            // `record` at the end of the attempt stores them anyway.
+            warn!("{id}: cannot store deliveries before the attempt ends: {e}");
         }
     }
 
@@ -378,9 +437,7 @@ impl Deliverer {
                         addr: *a,
                     })
                     .collect(),
-                self.tls
-                    .policy_for(domain, self.outbound(), &self.dns)
-                    .await,
+                self.tls_policy(domain, false).await,
             ),
             Route::Mx { domain } => match self.dns.mail_exchangers(domain).await {
                 Ok(hosts) => {
@@ -395,9 +452,7 @@ impl Deliverer {
                                 })
                             })
                             .collect(),
-                        self.tls
-                            .policy_for(domain, self.outbound(), &self.dns)
-                            .await,
+                        self.tls_policy(domain, true).await,
                     )
                 }
                 Err(e) => {
@@ -427,10 +482,48 @@ impl Deliverer {
             rcpts: &rcpt_list,
             body: message,
         };
-        let required = matches!(policy, TlsPolicy::Required(_));
         let mut last: Option<(Classified, String)> = None;
         for c in &candidates {
-            match self.try_host(c.addr, required, &tx).await {
+            let tls = match &policy {
+                TlsPolicy::Opportunistic => HostTls::Opportunistic,
+                TlsPolicy::Required { verify: false, .. } => HostTls::Required,
+                TlsPolicy::Required { verify: true, .. } => HostTls::Verified(c.name.clone()),
+                TlsPolicy::Sts(p) => {
+                    if !p.allows_mx(&c.name) {
+                        // RFC 8461 §4.1: enforce = never this host;
+                        // testing = use it, but report.
+                        self.count_tls_failure(&policy, "validation-failure");
+                        let why = format!(
+                            "host {}[{}] is not an MX of the domain's MTA-STS policy",
+                            c.name, c.addr
+                        );
+                        if p.mode == StsMode::Enforce {
+                            warn!("{id}: {why}; not used");
+                            last = Some((classify_client_error(&ClientError::TlsRequired), why));
+                            continue;
+                        }
+                        info!("{id}: {why} (mode testing: used anyway)");
+                    }
+                    HostTls::Verified(c.name.clone())
+                }
+            };
+            let mut outcome = self.try_host(c.addr, &tls, &tx).await;
+            if let (
+                Err(e @ (ClientError::Tls(_) | ClientError::TlsRequired)),
+                HostTls::Verified(_),
+            ) = (&outcome, &tls)
+            {
+                self.count_tls_failure(&policy, tlsrpt_result(e));
+                if matches!(&policy, TlsPolicy::Sts(p) if p.mode == StsMode::Testing) {
+                    // Testing mode: deliver anyway, as without a policy.
+                    info!(
+                        "{id}: {}[{}]: {e} (MTA-STS mode testing: delivering without verification)",
+                        c.name, c.addr
+                    );
+                    outcome = self.try_host(c.addr, &HostTls::Opportunistic, &tx).await;
+                }
+            }
+            match outcome {
                 Ok(result) => {
                     if let Some(reply) = whole_tempfail(&result) {
                         let cl = classify_reply(reply);
@@ -450,12 +543,20 @@ impl Deliverer {
                 Err(e) => {
                     let cl = classify_client_error(&e);
                     let why = match (&e, &policy) {
-                        (ClientError::TlsRequired, TlsPolicy::Required(rule)) => {
+                        (ClientError::TlsRequired, TlsPolicy::Required { why: rule, .. }) => {
                             format!(
                                 "host {}[{}] does not offer STARTTLS, required by {rule}",
                                 c.name, c.addr
                             )
                         }
+                        (ClientError::TlsRequired, TlsPolicy::Sts(_)) => format!(
+                            "host {}[{}] does not offer STARTTLS, required by the domain's MTA-STS policy",
+                            c.name, c.addr
+                        ),
+                        (ClientError::Tls(_), TlsPolicy::Sts(_)) => format!(
+                            "host {}[{}]: {e} (certificate required by the domain's MTA-STS policy)",
+                            c.name, c.addr
+                        ),
                         _ => format!("host {}[{}]: {e}", c.name, c.addr),
                     };
                     warn!("{id}: {why}; trying the next host");
@@ -491,6 +592,27 @@ impl Deliverer {
         }
     }
 
+    /// The domain's TLS policy; a failed MTA-STS policy fetch is counted.
+    async fn tls_policy(&self, domain: &str, mx_route: bool) -> TlsPolicy {
+        let (policy, failure) = self
+            .tls
+            .policy_for(domain, self.outbound(), &self.dns, mx_route)
+            .await;
+        if let Some(f) = failure {
+            self.count_tls_failure(&policy, f.label());
+        }
+        policy
+    }
+
+    /// TLSRPT-style failure counter (RFC 8460 result types) by policy.
+    fn count_tls_failure(&self, policy: &TlsPolicy, result: &str) {
+        self.ctx.metrics.inc(
+            "palisade_tls_failures_total",
+            "Failed TLS policy checks towards remote MX hosts (TLSRPT result types).",
+            &[("policy", policy.label()), ("result", result)],
+        );
+    }
+
     fn count_bounce(&self, c: &Classified) {
         self.ctx.metrics.inc(
             "palisade_bounces_total",
@@ -514,14 +636,21 @@ impl Deliverer {
     async fn try_host(
         &self,
         addr: SocketAddr,
-        tls_required: bool,
+        tls: &HostTls,
         tx: &Transaction<'_>,
     ) -> Result<TxResult, ClientError> {
         let mut cfg = self.client.clone();
-        if tls_required {
-            cfg.tls_mode = TlsMode::Required;
+        match tls {
+            HostTls::Opportunistic => {}
+            HostTls::Required => cfg.tls_mode = TlsMode::Required,
+            HostTls::Verified(name) => {
+                cfg.tls_mode = TlsMode::Required;
+                cfg.tls = Some(self.verified.clone());
+                cfg.server_name = Some(name.trim_end_matches('.').to_string());
+            }
         }
-        let pooled = self.take_idle(addr, tls_required);
+        let tls_required = *tls != HostTls::Opportunistic;
+        let pooled = self.take_idle(addr, tls);
         let fresh = pooled.is_none();
         let mut conn = match pooled {
             Some(c) => c,
@@ -542,14 +671,14 @@ impl Deliverer {
             Err(e) => return Err(e),
         };
         if conn.is_usable() {
-            self.put_idle(addr, tls_required, conn);
+            self.put_idle(addr, tls.clone(), conn);
         }
         Ok(result)
     }
 
-    fn take_idle(&self, addr: SocketAddr, tls: bool) -> Option<Connection> {
+    fn take_idle(&self, addr: SocketAddr, tls: &HostTls) -> Option<Connection> {
         let mut idle = self.idle.lock().unwrap();
-        let list = idle.get_mut(&(addr, tls))?;
+        let list = idle.get_mut(&(addr, tls.clone()))?;
         while let Some((conn, since)) = list.pop() {
             if since.elapsed() < IDLE_REUSE_LIMIT {
                 return Some(conn);
@@ -558,7 +687,7 @@ impl Deliverer {
         None
     }
 
-    fn put_idle(&self, addr: SocketAddr, tls: bool, conn: Connection) {
+    fn put_idle(&self, addr: SocketAddr, tls: HostTls, conn: Connection) {
         let mut idle = self.idle.lock().unwrap();
         let list = idle.entry((addr, tls)).or_default();
         if list.len() < MAX_IDLE_PER_HOST {

@@ -4,7 +4,8 @@
 //! | module | job |
 //! |---|---|
 //! | [`resolve`] | MX / implicit MX / null MX resolution with hickory-resolver |
-//! | [`tls_policy`] | opportunistic STARTTLS, per-domain require-TLS, MTA-STS discovery |
+//! | [`tls_policy`] | opportunistic STARTTLS, per-domain require-TLS (optionally verified), MTA-STS |
+//! | [`mta_sts`] | RFC 8461: TXT discovery, verified HTTPS policy fetch, parsing, persisted cache |
 //! | [`dkim`] | DKIM signing, key generation, rotation by DNS verification |
 //! | [`bounce`] | classification of replies into the bounce study's root causes |
 //! | [`dsn`] | RFC 3464 delivery status notifications |
@@ -14,6 +15,7 @@ pub mod bounce;
 pub mod deliver;
 pub mod dkim;
 pub mod dsn;
+pub mod mta_sts;
 /// Resolution lives in `palisade-dns`, shared with the other stages.
 pub use palisade_dns as resolve;
 pub mod tls_policy;

@@ -1,84 +1,122 @@
-//! TLS policy towards a destination domain: opportunistic STARTTLS by
-//! default; STARTTLS *required* (never a plaintext fallback) when the
-//! config lists the domain in `require_tls`, or when the domain publishes
-//! an MTA-STS record (RFC 8461 §3.1: TXT `_mta-sts.<domain>` = `v=STSv1;
-//! id=...`).
+//! TLS policy towards a destination domain, strictest rule first:
 //!
-//! Not done (docs/outgoing.md): fetching the HTTPS policy file, so the
-//! policy's `mode` and `mx` patterns are not read and certificates are
-//! not verified against the WebPKI; DANE (RFC 7672) needs a validating
-//! resolver and TLSA checks.
+//! 1. `require_tls` in the config: STARTTLS or nothing (never a plaintext
+//!    fallback); with `verify = true` the certificate must also verify
+//!    against the MX host name.
+//! 2. MTA-STS (RFC 8461, crate::mta_sts): `enforce` = only MX hosts that
+//!    match the policy, STARTTLS with a verified certificate, failure is
+//!    temporary; `testing` = deliver anyway, count the failure.
+//! 3. Otherwise opportunistic STARTTLS, unverified (RFC 7435: there is no
+//!    name to verify against that an attacker could not have forged).
+//!
+//! Verified TLS trusts the WebPKI roots (webpki-root-certs) plus the
+//! optional `outbound.ca_file`.
 
-use std::collections::HashMap;
-use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::sync::Arc;
 
 use palisade_config::OutboundSettings;
+use palisade_smtp_client::{verifying_tls_config, ClientError};
 
+use crate::mta_sts::{FetchFailure, Mode, Policy, StsCache};
 use crate::resolve::DnsResolver;
-
-/// How long a domain's MTA-STS discovery result is kept.
-const STS_CACHE_FOR: Duration = Duration::from_secs(3600);
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum TlsPolicy {
     /// STARTTLS when offered, plaintext otherwise.
     Opportunistic,
-    /// STARTTLS or nothing; the string says which rule demands it.
-    Required(String),
+    /// STARTTLS or nothing; `why` names the rule, `verify` asks for a
+    /// certificate valid for the MX host name.
+    Required { why: String, verify: bool },
+    /// The domain's MTA-STS policy in `enforce` or `testing` mode.
+    Sts(Policy),
 }
 
-#[derive(Default)]
+impl TlsPolicy {
+    /// The metrics label of the rule (TLSRPT-style failure counters).
+    pub fn label(&self) -> &'static str {
+        match self {
+            TlsPolicy::Opportunistic => "opportunistic",
+            TlsPolicy::Required { .. } => "require-tls",
+            TlsPolicy::Sts(p) if p.mode == Mode::Enforce => "mta-sts-enforce",
+            TlsPolicy::Sts(_) => "mta-sts-testing",
+        }
+    }
+}
+
 pub struct TlsPolicies {
-    sts: Mutex<HashMap<String, (bool, Instant)>>,
+    sts: Option<StsCache>,
 }
 
 impl TlsPolicies {
+    /// `sts`: the MTA-STS cache, None when `outbound.mta_sts = false`.
+    pub fn new(sts: Option<StsCache>) -> TlsPolicies {
+        TlsPolicies { sts }
+    }
+
+    /// The policy for `domain`; `mx_route` is false for static routes and
+    /// relays (the admin chose those hosts: MTA-STS MX patterns do not
+    /// apply). The failure, if any, is a policy fetch that failed.
     pub async fn policy_for(
         &self,
         domain: &str,
         settings: &OutboundSettings,
         dns: &DnsResolver,
-    ) -> TlsPolicy {
-        if settings.requires_tls(domain) {
-            return TlsPolicy::Required("require_tls in the configuration".into());
+        mx_route: bool,
+    ) -> (TlsPolicy, Option<FetchFailure>) {
+        if let Some(verify) = settings.requires_tls(domain) {
+            let why = "require_tls in the configuration".into();
+            return (TlsPolicy::Required { why, verify }, None);
         }
-        if settings.mta_sts && self.publishes_sts(domain, dns).await {
-            return TlsPolicy::Required("the domain publishes MTA-STS (RFC 8461)".into());
-        }
-        TlsPolicy::Opportunistic
-    }
-
-    async fn publishes_sts(&self, domain: &str, dns: &DnsResolver) -> bool {
-        let key = domain.to_ascii_lowercase();
-        if let Some((v, at)) = self.sts.lock().unwrap().get(&key) {
-            if at.elapsed() < STS_CACHE_FOR {
-                return *v;
-            }
-        }
-        match dns.txt(&format!("_mta-sts.{key}")).await {
-            Ok(txts) => {
-                let v = txts.iter().any(|t| is_sts_record(t));
-                self.sts.lock().unwrap().insert(key, (v, Instant::now()));
-                v
-            }
-            // Discovery failed: keep what we knew (RFC 8461 §5.1 uses the
-            // cached policy), else no policy.
-            Err(_) => self
-                .sts
-                .lock()
-                .unwrap()
-                .get(&key)
-                .map(|(v, _)| *v)
-                .unwrap_or(false),
+        let Some(sts) = self.sts.as_ref().filter(|_| mx_route) else {
+            return (TlsPolicy::Opportunistic, None);
+        };
+        match sts.policy(domain, dns).await {
+            (Some(p), failure) if p.mode != Mode::None => (TlsPolicy::Sts(p), failure),
+            (_, failure) => (TlsPolicy::Opportunistic, failure),
         }
     }
 }
 
-/// RFC 8461 §3.1: the record starts with `v=STSv1` and carries an `id`.
-pub fn is_sts_record(txt: &str) -> bool {
-    let mut tags = txt.split(';').map(str::trim);
-    tags.next() == Some("v=STSv1") && tags.any(|t| t.starts_with("id="))
+/// The rustls configuration for verified TLS: WebPKI roots plus the PEM
+/// certificates of `ca_file`.
+pub fn verified_tls(
+    ca_file: Option<&std::path::Path>,
+) -> anyhow::Result<Arc<rustls::ClientConfig>> {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add_parsable_certificates(webpki_root_certs::TLS_SERVER_ROOT_CERTS.iter().cloned());
+    if let Some(path) = ca_file {
+        let pem = std::fs::read(path)
+            .map_err(|e| anyhow::anyhow!("outbound.ca_file {}: {e}", path.display()))?;
+        let mut n = 0;
+        for cert in rustls_pemfile::certs(&mut pem.as_slice()) {
+            roots
+                .add(cert.map_err(|e| anyhow::anyhow!("outbound.ca_file {}: {e}", path.display()))?)
+                .map_err(|e| anyhow::anyhow!("outbound.ca_file {}: {e}", path.display()))?;
+            n += 1;
+        }
+        anyhow::ensure!(n > 0, "outbound.ca_file {}: no certificate", path.display());
+    }
+    Ok(verifying_tls_config(roots))
+}
+
+/// The TLSRPT result type (RFC 8460 §4.3) of a failed verified connection.
+pub fn tlsrpt_result(e: &ClientError) -> &'static str {
+    // rustls only hands us its message (Display, or Debug for some kinds).
+    let why = match e {
+        ClientError::TlsRequired => return "starttls-not-supported",
+        ClientError::Tls(why) => why.to_ascii_lowercase(),
+        _ => return "validation-failure",
+    };
+    let has = |words: &[&str]| words.iter().any(|w| why.contains(w));
+    if has(&["not valid for name", "notvalidforname"]) {
+        "certificate-host-mismatch"
+    } else if has(&["expired"]) {
+        "certificate-expired"
+    } else if has(&["unknownissuer", "unknown issuer"]) {
+        "certificate-not-trusted"
+    } else {
+        "validation-failure"
+    }
 }
 
 #[cfg(test)]
@@ -86,9 +124,29 @@ mod tests {
     use super::*;
 
     #[test]
-    fn sts_record_syntax() {
-        assert!(is_sts_record("v=STSv1; id=20260101T000000;"));
-        assert!(!is_sts_record("v=spf1 -all"));
-        assert!(!is_sts_record("v=STSv1;"));
+    fn tlsrpt_result_types() {
+        let tls = |s: &str| ClientError::Tls(s.into());
+        assert_eq!(
+            tlsrpt_result(&tls(
+                "invalid peer certificate: certificate not valid for name \"mx.a\"; ..."
+            )),
+            "certificate-host-mismatch"
+        );
+        assert_eq!(
+            tlsrpt_result(&tls("invalid peer certificate: UnknownIssuer")),
+            "certificate-not-trusted"
+        );
+        assert_eq!(
+            tlsrpt_result(&tls("invalid peer certificate: certificate expired: ...")),
+            "certificate-expired"
+        );
+        assert_eq!(
+            tlsrpt_result(&ClientError::TlsRequired),
+            "starttls-not-supported"
+        );
+        assert_eq!(
+            tlsrpt_result(&ClientError::Timeout("TLS handshake")),
+            "validation-failure"
+        );
     }
 }

@@ -457,6 +457,22 @@ impl Queue {
         self.call(|tx| Request::Record(id, results, tx)).await
     }
 
+    /// Durably marks recipients delivered (index into `Envelope::rcpts`,
+    /// the remote reply) while the attempt goes on: a message to several
+    /// destinations settles each one as soon as its transaction ends, so a
+    /// crash before the attempt's `record` never re-sends to a destination
+    /// that already answered 250 (invariant Q3). Attempts, schedule and the
+    /// active mark are untouched; `record` still ends the attempt (it skips
+    /// recipients already delivered). Returns how many were newly settled.
+    /// Batched by the group commit like every other write.
+    pub async fn settle(
+        &self,
+        id: QueueId,
+        delivered: Vec<(usize, String)>,
+    ) -> Result<usize, QueueError> {
+        self.call(|tx| Request::Settle(id, delivered, tx)).await
+    }
+
     /// Attempt abandoned without result: due again after `min_retry`.
     pub fn release_active(&self, id: QueueId) {
         self.inner

@@ -39,6 +39,8 @@ pub(crate) type Reply<T> = oneshot::Sender<Result<T, QueueError>>;
 pub(crate) enum Request {
     Enqueue(Box<Prepared>, Reply<Enqueued>),
     Record(QueueId, Vec<(usize, Outcome)>, Reply<Recorded>),
+    /// Mid-attempt: these recipients are delivered (index, reply).
+    Settle(QueueId, Vec<(usize, String)>, Reply<usize>),
     Delete(QueueId, Reply<bool>),
     Hold(QueueId, Reply<bool>),
     Release(QueueId, Reply<bool>),
@@ -65,6 +67,7 @@ impl Request {
 enum Answer {
     Enqueued(Result<Enqueued, QueueError>),
     Recorded(Result<Recorded, QueueError>),
+    Settled(Result<usize, QueueError>),
     Bool(Result<bool, QueueError>),
     Unit,
     None,
@@ -217,6 +220,9 @@ impl Writer {
                 (Request::Record(_, _, tx), Answer::Recorded(r)) => {
                     let _ = tx.send(r);
                 }
+                (Request::Settle(_, _, tx), Answer::Settled(r)) => {
+                    let _ = tx.send(r);
+                }
                 (Request::Delete(_, tx), Answer::Bool(r))
                 | (Request::Hold(_, tx), Answer::Bool(r))
                 | (Request::Release(_, tx), Answer::Bool(r)) => {
@@ -311,6 +317,10 @@ impl Writer {
             Request::Record(id, results, _) => match self.record(txn, *id, results, now)? {
                 Ok((rec, effect)) => (Answer::Recorded(Ok(rec)), effect),
                 Err((e, effect)) => (Answer::Recorded(Err(e)), effect),
+            },
+            Request::Settle(id, delivered, _) => match self.settle(txn, *id, delivered)? {
+                Ok(n) => (Answer::Settled(Ok(n)), Effect::None),
+                Err((e, effect)) => (Answer::Settled(Err(e)), effect),
             },
             Request::Delete(id, _) => {
                 let k = key(*id);
@@ -413,6 +423,23 @@ impl Writer {
         Ok(QueueError::Corrupt(format!("{}/{id}: {why}", place.name())))
     }
 
+    /// The envelope of `id` and where it is; an undecodable one is
+    /// quarantined (`Err(Corrupt)`), a missing one is `Err(NotFound)`.
+    #[allow(clippy::type_complexity)]
+    fn load_envelope(
+        &self,
+        txn: &mut RwTransaction<'_>,
+        id: QueueId,
+    ) -> Result<Result<(Place, EnvelopeRecord), QueueError>, TxnFailed> {
+        let Some((place, v)) = self.store.find(txn, id)? else {
+            return Ok(Err(QueueError::NotFound));
+        };
+        match decode::<EnvelopeRecord>(v) {
+            Ok(r) => Ok(Ok((place, r))),
+            Err(e) => Ok(Err(self.quarantine(txn, id, place, &e)?)),
+        }
+    }
+
     #[allow(clippy::type_complexity)]
     fn record(
         &mut self,
@@ -422,15 +449,9 @@ impl Writer {
         now: SystemTime,
     ) -> Result<Result<(Recorded, Effect), (QueueError, Effect)>, TxnFailed> {
         let store = &Arc::clone(&self.store);
-        let Some((place, v)) = store.find(txn, id)? else {
-            return Ok(Err((QueueError::NotFound, Effect::Remove(id))));
-        };
-        let mut rec = match decode::<EnvelopeRecord>(v) {
-            Ok(r) => r,
-            Err(e) => {
-                let err = self.quarantine(txn, id, place, &e)?;
-                return Ok(Err((err, Effect::Remove(id))));
-            }
+        let (place, mut rec) = match self.load_envelope(txn, id)? {
+            Ok(found) => found,
+            Err(e) => return Ok(Err((e, Effect::Remove(id)))),
         };
         let mut failed_now = Vec::new();
         let mut journal = Vec::new();
@@ -524,6 +545,39 @@ impl Writer {
         Ok(Ok((r, Effect::Reschedule(id, next))))
     }
 
+    /// Marks recipients delivered in the middle of an attempt: attempts,
+    /// schedule and the active mark are left to the attempt's `record`.
+    #[allow(clippy::type_complexity)]
+    fn settle(
+        &self,
+        txn: &mut RwTransaction<'_>,
+        id: QueueId,
+        delivered: &[(usize, String)],
+    ) -> Result<Result<usize, (QueueError, Effect)>, TxnFailed> {
+        let store = &self.store;
+        let (place, mut rec) = match self.load_envelope(txn, id)? {
+            Ok(found) => found,
+            Err(e) => return Ok(Err((e, Effect::Remove(id)))),
+        };
+        let mut settled = 0;
+        for (idx, reply) in delivered {
+            match rec.rcpts.get_mut(*idx) {
+                Some(r) if matches!(r.state, RcptState::Pending) => {
+                    r.state = RcptState::Delivered(reply.clone());
+                    r.last_reply = Some(reply.clone());
+                    settled += 1;
+                }
+                Some(_) => {}
+                None => tracing::warn!(%id, idx, "settle: recipient index out of range"),
+            }
+        }
+        if settled > 0 {
+            let bytes = encode(&rec).map_err(|_| TxnFailed(lmdb::Error::Invalid))?;
+            txn.put(store.db(place), &key(id), &bytes, WriteFlags::empty())?;
+        }
+        Ok(Ok(settled))
+    }
+
     /// Deletes expired origin records (bounded amount per call).
     fn prune_origins(
         &self,
@@ -582,6 +636,9 @@ fn fail(req: Option<Request>, e: QueueError) {
             let _ = tx.send(Err(again()));
         }
         Request::Record(_, _, tx) => {
+            let _ = tx.send(Err(again()));
+        }
+        Request::Settle(_, _, tx) => {
             let _ = tx.send(Err(again()));
         }
         Request::Delete(_, tx) | Request::Hold(_, tx) | Request::Release(_, tx) => {

@@ -15,6 +15,21 @@ fn opts() -> QueueOptions {
     }
 }
 
+/// Options whose first retry is an hour away (a recorded message is not due again).
+fn slow_retry() -> QueueOptions {
+    QueueOptions {
+        min_retry: Duration::from_secs(3600),
+        ..opts()
+    }
+}
+
+/// Enqueues `m` and takes it as the delivery task would (`next_due`).
+async fn enqueue_and_take(q: &Queue, m: NewMessage) -> QueueId {
+    let id = q.enqueue(m).await.unwrap().id;
+    assert_eq!(q.next_due().await, id);
+    id
+}
+
 #[tokio::test]
 async fn enqueue_envelope_body_roundtrip() {
     let dir = tempdir("roundtrip");
@@ -128,18 +143,10 @@ async fn group_commit_batches_concurrent_enqueues() {
 #[tokio::test]
 async fn per_recipient_state_survives_reopen() {
     let dir = tempdir("rcpt");
-    let o = QueueOptions {
-        min_retry: Duration::from_secs(3600),
-        ..opts()
-    };
+    let o = slow_retry();
     let id = {
         let q = Queue::open(&dir, o.clone()).unwrap();
-        let id = q
-            .enqueue(msg(7, &["a@x.example", "b@y.example"], 1000))
-            .await
-            .unwrap()
-            .id;
-        assert_eq!(q.next_due().await, id);
+        let id = enqueue_and_take(&q, msg(7, &["a@x.example", "b@y.example"], 1000)).await;
         let before = SystemTime::now();
         let r = q
             .record(
@@ -614,4 +621,51 @@ async fn bench_enqueue_5k_50_callers() {
     }
     eprintln!("drained {n} in {:?}", start.elapsed());
     assert!(q.is_empty());
+}
+
+#[tokio::test]
+async fn settle_marks_delivered_mid_attempt_and_survives_reopen() {
+    let dir = tempdir("settle");
+    let o = slow_retry();
+    let id = {
+        let q = Queue::open(&dir, o.clone()).unwrap();
+        let id = enqueue_and_take(&q, msg(8, &["a@fast.example", "b@slow.example"], 100)).await;
+        // The fast destination answered 250; the slow one is still sending.
+        let n = q
+            .settle(id, vec![(0, "250 2.0.0 fast".into())])
+            .await
+            .unwrap();
+        assert_eq!(n, 1);
+        // Settling again (or out of range) changes nothing.
+        let n = q
+            .settle(id, vec![(0, "250 again".into()), (7, "x".into())])
+            .await
+            .unwrap();
+        assert_eq!(n, 0);
+        let env = q.envelope(id).unwrap().unwrap();
+        assert_eq!(env.attempts, 0, "settle does not end the attempt");
+        // Still active: not handed out a second time.
+        assert_eq!(q.try_next_due(), None);
+        id
+        // Dropped here without `record`: the crash case.
+    };
+    let q = Queue::open(&dir, o).unwrap();
+    let env = q.envelope(id).unwrap().unwrap();
+    assert_eq!(
+        env.rcpts[0].status,
+        RcptStatus::Delivered {
+            reply: "250 2.0.0 fast".into()
+        }
+    );
+    assert_eq!(env.rcpts[1].status, RcptStatus::Pending);
+    assert_eq!(q.try_next_due(), Some(id));
+    let r = q
+        .record(id, vec![(1, Outcome::Delivered("250 slow".into()))])
+        .await
+        .unwrap();
+    assert!(r.finished);
+    assert!(matches!(
+        q.settle(id, vec![(0, "250".into())]).await,
+        Err(QueueError::NotFound)
+    ));
 }

@@ -19,6 +19,9 @@ const MAX_PATH: usize = 254;
 const MAX_LOCAL_PART: usize = 64;
 /// Longest ENVID / ORCPT / XORIGIN value we keep (RFC 3461 §4.4: ENVID 100).
 const MAX_PARAM_VALUE: usize = 500;
+/// Longest cut-through wait an upstream hop may announce (`XCUT=`): ten
+/// minutes, RFC 5321 §4.5.3.2.6's limit for the reply to the end of data.
+const MAX_CUT_THROUGH_MS: u64 = 600_000;
 
 /// One parsed SMTP command.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -127,6 +130,10 @@ pub struct MailParams {
     /// assigned. Only meaningful between palisade stages; the server accepts
     /// it only on listeners with `accept_origin_param`.
     pub origin: Option<String>,
+    /// Private `XCUT=<milliseconds>`: the upstream palisade hop holds its
+    /// client's reply to DATA for this long waiting for our verdict
+    /// (cut-through). Per hop: never re-sent by [`MailParams::to_wire`].
+    pub cut_through_ms: Option<u64>,
 }
 
 impl MailParams {
@@ -499,7 +506,17 @@ fn parse_mail(rest: &str) -> Result<Command, Reply> {
                     return Err(dup());
                 }
             }
-            ("SIZE" | "BODY" | "RET", None) | ("SMTPUTF8", Some(_)) => {
+            ("XCUT", Some(v)) => {
+                let ms = v
+                    .parse::<u64>()
+                    .ok()
+                    .filter(|&ms| ms <= MAX_CUT_THROUGH_MS && v.bytes().all(|b| b.is_ascii_digit()))
+                    .ok_or_else(|| bad_value("XCUT"))?;
+                if p.cut_through_ms.replace(ms).is_some() {
+                    return Err(dup());
+                }
+            }
+            ("SIZE" | "BODY" | "RET" | "XCUT", None) | ("SMTPUTF8", Some(_)) => {
                 return Err(bad_value(key));
             }
             _ => {
@@ -705,10 +722,11 @@ mod tests {
     #[test]
     fn mail_params_parse_and_round_trip() {
         let Ok(Command::Mail { params, .. }) = parse_command(
-            b"MAIL FROM:<a@b.example> size=1000 BODY=8bitmime SMTPUTF8 RET=HDRS ENVID=QQ314159 AUTH=<> XORIGIN=mx-1",
+            b"MAIL FROM:<a@b.example> size=1000 BODY=8bitmime SMTPUTF8 RET=HDRS ENVID=QQ314159 AUTH=<> XORIGIN=mx-1 XCUT=19000",
         ) else {
             panic!("parse failed");
         };
+        assert_eq!(params.cut_through_ms, Some(19000));
         assert_eq!(params.size, Some(1000));
         assert_eq!(params.body, Some(BodyType::EightBitMime));
         assert!(params.smtputf8);
@@ -729,9 +747,18 @@ mod tests {
             back,
             MailParams {
                 size: None,
+                cut_through_ms: None,
                 ..params
             }
         );
+    }
+
+    #[test]
+    fn cut_through_param_is_bounded_digits() {
+        for bad in ["XCUT", "XCUT=", "XCUT=-1", "XCUT=1e3", "XCUT=600001", "XCUT=1 XCUT=2"] {
+            let line = format!("MAIL FROM:<a@b.example> {bad}");
+            assert!(parse_command(line.as_bytes()).is_err(), "{bad}");
+        }
     }
 
     #[test]

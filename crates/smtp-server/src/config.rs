@@ -52,8 +52,8 @@ pub struct ServerConfig {
     /// talks first gets `554 5.5.1` and is disconnected.
     pub greet_pause: Duration,
     pub timeouts: Timeouts,
-    /// Advertise the private `XORIGIN` EHLO keyword and accept
-    /// `MAIL ... XORIGIN=<token>`; only for internal palisade hops.
+    /// Advertise the private `XORIGIN` and `XCUT` EHLO keywords and accept
+    /// `MAIL ... XORIGIN=<token> XCUT=<ms>`; only for internal palisade hops.
     pub accept_origin_param: bool,
 }
 

@@ -115,6 +115,7 @@ async fn sequencing_errors_and_info_commands() {
     c.ok("FOO bar", "500 5.5.2").await;
     c.ok("MAIL FROM:<a@b.test> FOO=1", "555 5.5.4").await;
     c.ok("MAIL FROM:<a@b.test> XORIGIN=mx", "555 5.5.4").await;
+    c.ok("MAIL FROM:<a@b.test> XCUT=1000", "555 5.5.4").await;
     c.ok("STARTTLS", "502 5.5.1").await;
     c.ok("AUTH PLAIN", "502 5.5.1").await;
     c.ok("QUIT", "221").await;
@@ -320,8 +321,9 @@ async fn bdat_chunks_make_one_message() {
 async fn xorigin_only_when_enabled() {
     let (addr, hooks) = start(|c| c.accept_origin_param = true).await;
     let mut c = Client::greeted(addr).await;
-    assert!(c.cmd("EHLO c.test").await.contains("250 XORIGIN\r\n"));
-    c.ok("MAIL FROM:<a@b.test> XORIGIN=authenticated", "250")
+    let ehlo = c.cmd("EHLO c.test").await;
+    assert!(ehlo.contains("250-XCUT\r\n250 XORIGIN\r\n"), "{ehlo}");
+    c.ok("MAIL FROM:<a@b.test> XORIGIN=authenticated XCUT=5000", "250")
         .await;
     c.ok("RCPT TO:<c@d.test>", "250").await;
     c.ok("DATA", "354").await;
@@ -332,6 +334,8 @@ async fn xorigin_only_when_enabled() {
         msgs[0].1.mail_params.origin.as_deref(),
         Some("authenticated")
     );
+    assert_eq!(msgs[0].1.mail_params.cut_through_ms, Some(5000));
+    // The wait is this hop's: it is never passed on as it came.
     assert_eq!(msgs[0].1.mail_params.to_wire(), "XORIGIN=authenticated");
 }
 

@@ -4,7 +4,8 @@
 //! queued. Its verdict decides what the client is told: accept (possibly
 //! with headers added, e.g. X-Spam-Score or Authentication-Results), keep
 //! it out of the flow after accepting it (quarantine: never bounced, SPEC
-//! §4), tempfail (the upstream queue keeps it, e.g. clamd down) or refuse.
+//! §4), tempfail (the upstream queue keeps it, e.g. clamd down) or refuse
+//! (under cut-through, when the sender is still waiting for the reply).
 
 use std::future::Future;
 use std::pin::Pin;
@@ -20,6 +21,11 @@ pub struct FilterContext<'a> {
     pub client: &'a ClientInfo,
     /// Origin of the message at its entry node (`mx-1/ID`), when known.
     pub origin: Option<&'a str>,
+    /// The upstream hop holds its client's reply for our verdict
+    /// (cut-through, `XCUT`): refuse ([`crate::cut_through::virus_refusal`],
+    /// [`crate::cut_through::spam_refusal`]) rather than quarantine, the
+    /// sender is told.
+    pub cut_through: bool,
 }
 
 pub enum Verdict {

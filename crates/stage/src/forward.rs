@@ -21,7 +21,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use palisade_config::{NextHop, NextHopTls};
-use palisade_queue::{Envelope, Outcome, Queue, QueueId, RcptStatus};
+use palisade_queue::{ClientInfo, Envelope, Outcome, Queue, QueueId, RcptStatus};
 use palisade_smtp_client::{
     insecure_tls_config, ClientConfig, ClientError, Connection, TlsMode, Transaction, TxResult,
 };
@@ -209,32 +209,45 @@ impl Forwarder {
 
     /// The message as the next hop sees it: our Received line on top.
     fn with_trace_header(&self, envelope: &Envelope, body: &[u8]) -> Vec<u8> {
-        let id = envelope.id.to_string();
-        let hide_ip = self.hide_client_ip;
-        // An address-literal HELO ([192.0.2.1]) would reveal the IP too.
-        let helo = if hide_ip && envelope.client.helo.starts_with('[') {
-            "unknown"
-        } else {
-            &envelope.client.helo
+        let single = match envelope.rcpts.as_slice() {
+            [only] => Some(only.address.as_str()),
+            _ => None,
         };
-        let header = received_header(&Hop {
-            helo,
-            peer: if hide_ip { "" } else { &envelope.client.peer },
-            hostname: &self.ctx.config.gateway.hostname,
-            node: &self.ctx.node_name,
-            tls: envelope.client.tls.is_some(),
-            authenticated: envelope.client.auth_user.is_some(),
-            queue_id: &id,
-            single_recipient: match envelope.rcpts.as_slice() {
-                [only] => Some(only.address.as_str()),
-                _ => None,
-            },
-            when: envelope.arrived,
-        });
+        let id = envelope.id.to_string();
+        let header = self.trace_header(&envelope.client, &id, single, envelope.arrived);
         let mut message = Vec::with_capacity(header.len() + body.len());
         message.extend_from_slice(header.as_bytes());
         message.extend_from_slice(body);
         message
+    }
+
+    /// Our Received line for a message from `client`, known here as `id`
+    /// (also for cut-through, which sends without queueing).
+    pub fn trace_header(
+        &self,
+        client: &ClientInfo,
+        id: &str,
+        single_recipient: Option<&str>,
+        when: SystemTime,
+    ) -> String {
+        let hide_ip = self.hide_client_ip;
+        // An address-literal HELO ([192.0.2.1]) would reveal the IP too.
+        let helo = if hide_ip && client.helo.starts_with('[') {
+            "unknown"
+        } else {
+            &client.helo
+        };
+        received_header(&Hop {
+            helo,
+            peer: if hide_ip { "" } else { &client.peer },
+            hostname: &self.ctx.config.gateway.hostname,
+            node: &self.ctx.node_name,
+            tls: client.tls.is_some(),
+            authenticated: client.auth_user.is_some(),
+            queue_id: id,
+            single_recipient,
+            when,
+        })
     }
 
     /// The pool's nodes in the order to try them: rotated for load
@@ -285,16 +298,34 @@ impl Forwarder {
             rcpts: &rcpt_list,
             body: message,
         };
+        match self.send_to_pool(&id, pool, addrs, &tx).await {
+            Ok((addr, result)) => rcpts
+                .iter()
+                .enumerate()
+                .map(|(k, &i)| (i, outcome_of(pool, addr, result.rcpt_outcome(k))))
+                .collect(),
+            Err(last_failure) => rcpts
+                .iter()
+                .map(|&i| (i, Outcome::Deferred(last_failure.clone())))
+                .collect(),
+        }
+    }
+
+    /// One transaction on the pool's nodes in turn until one of them
+    /// answers it (a node unreachable or tempfailing the whole transaction
+    /// is skipped for a while, its peer tries). `Err` names the last
+    /// failure. Shared by the queue runner and cut-through.
+    pub async fn send_to_pool(
+        &self,
+        id: &(dyn std::fmt::Display + Sync),
+        pool: &str,
+        addrs: &[SocketAddr],
+        tx: &Transaction<'_>,
+    ) -> Result<(SocketAddr, TxResult), String> {
         let mut last_failure = format!("{pool}: no node configured");
         for addr in self.node_order(addrs) {
-            match self.try_node(addr, &tx).await {
-                Ok(result) => {
-                    return rcpts
-                        .iter()
-                        .enumerate()
-                        .map(|(k, &i)| (i, outcome_of(pool, addr, result.rcpt_outcome(k))))
-                        .collect();
-                }
+            match self.try_node(addr, tx).await {
+                Ok(result) => return Ok((addr, result)),
                 Err(NodeFailure::Unreachable(why)) => {
                     warn!("{id}: {pool}[{addr}] unreachable ({why}); trying its peer");
                     self.mark_down(addr);
@@ -308,10 +339,7 @@ impl Forwarder {
                 }
             }
         }
-        rcpts
-            .iter()
-            .map(|&i| (i, Outcome::Deferred(last_failure.clone())))
-            .collect()
+        Err(last_failure)
     }
 
     /// One transaction on one node, on a pooled connection when there is

@@ -18,6 +18,7 @@ use tracing::{info, warn};
 
 use palisade_policy::{ActionSink, Client, Policy, PolicyOptions};
 
+use crate::cut_through::{CutThrough, HandOff};
 use crate::filter::{FilterContext, MessageFilter, Verdict};
 use crate::replica::Replica;
 use crate::runtime::NodeContext;
@@ -40,6 +41,9 @@ pub struct RelayIntake {
     /// The Table I defense mechanisms of an edge stage (MX, MSA), as its
     /// `[stage.<name>.mechanisms]` enables them.
     pub policy: Option<Arc<Policy>>,
+    /// Hands the message to the next content stage while the client
+    /// waits for the verdicts (entry nodes with cut-through on; antivirus).
+    pub cut_through: Option<Arc<CutThrough>>,
 }
 
 /// Logs one line per defense action and counts
@@ -237,6 +241,10 @@ impl Hooks for RelayIntake {
     }
 
     async fn on_message(&self, s: &SessionInfo, env: Envelope, message: Vec<u8>) -> Reply {
+        let cut_through = self
+            .cut_through
+            .as_ref()
+            .and_then(|c| Some((c, c.deadline(&env.mail_params)?)));
         if self.queue.len() > BACKPRESSURE_QUEUE_LEN {
             tokio::time::sleep(Duration::from_secs(1)).await;
         }
@@ -276,6 +284,7 @@ impl Hooks for RelayIntake {
                 rcpts: env.rcpts.iter().map(|(a, _)| a.as_str()).collect(),
                 client: &client,
                 origin: env.mail_params.origin.as_deref(),
+                cut_through: env.mail_params.cut_through_ms.is_some(),
             };
             match filter.inspect(&fctx, &message).await {
                 Verdict::Accept { prepend } => {
@@ -309,15 +318,31 @@ impl Hooks for RelayIntake {
                 }
             }
         }
+        // Cut-through: the next content stage's verdict while the client
+        // waits; without one in time, the copy queued here carries the
+        // hand-off's origin.
+        let fallback = match cut_through {
+            Some((ct, deadline)) => match ct.hand_off(s, &env, &client, &message, deadline).await {
+                HandOff::Answered(reply) => return reply,
+                HandOff::Queue(f) => Some(f),
+            },
+            None => None,
+        };
         let size = message.len();
+        let origin = match &fallback {
+            Some(f) => Some(f.origin.clone()),
+            None => env.mail_params.origin.clone(),
+        };
         let new = NewMessage {
-            origin: env.mail_params.origin.clone(),
+            origin: origin.clone(),
             mail_from: env.mail_from.clone(),
             mail_params: env.mail_params.to_wire(),
             rcpts: env
                 .rcpts
                 .iter()
-                .map(|(a, p)| NewRecipient {
+                .enumerate()
+                .filter(|(i, _)| fallback.as_ref().is_none_or(|f| f.rcpts.contains(i)))
+                .map(|(_, (a, p))| NewRecipient {
                     address: a.clone(),
                     params: p.to_wire(),
                 })
@@ -333,6 +358,7 @@ impl Hooks for RelayIntake {
             },
             body: message,
         };
+        let nrcpt = new.rcpts.len();
         match self.queue.enqueue(new).await {
             Ok(q) => {
                 let what = if q.duplicate {
@@ -341,16 +367,16 @@ impl Hooks for RelayIntake {
                     "queued as"
                 };
                 info!(
-                    "{}: client={}, from=<{}>, nrcpt={}, size={size}{}",
+                    "{}: client={}, from=<{}>, nrcpt={}, size={size}{}{}",
                     q.id,
                     s.peer,
                     env.mail_from,
-                    env.rcpts.len(),
-                    env.mail_params
-                        .origin
+                    nrcpt,
+                    origin
                         .as_deref()
                         .map(|o| format!(", origin={o}"))
-                        .unwrap_or_default()
+                        .unwrap_or_default(),
+                    if q.duplicate { ", duplicate" } else { "" }
                 );
                 let sink = MetricsSink(self.ctx.metrics.clone());
                 for a in &policy_actions {
@@ -361,7 +387,8 @@ impl Hooks for RelayIntake {
                     "Messages accepted into this node's queue.",
                     &[],
                 );
-                Reply::enhanced(250, (2, 0, 0), format!("Ok: {what} {}", q.id))
+                let note = fallback.as_ref().map(|f| f.note.as_str()).unwrap_or("");
+                Reply::enhanced(250, (2, 0, 0), format!("Ok: {what} {}{note}", q.id))
             }
             Err(QueueError::Full) => {
                 warn!("queue full: message from {} refused", s.peer);

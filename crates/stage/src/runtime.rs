@@ -216,7 +216,14 @@ async fn relay_main(ctx: Arc<NodeContext>, filter: Option<Arc<dyn MessageFilter>
         None
     };
     let replica = directory.clone();
+    let deliverer = DELIVERER.lock().unwrap().take();
+    let forwarder = deliverer
+        .is_none()
+        .then(|| Forwarder::new(ctx.clone(), queue.clone()));
     let intake = Arc::new(RelayIntake {
+        cut_through: forwarder
+            .as_ref()
+            .and_then(|f| crate::cut_through::CutThrough::new(&ctx, f)),
         ctx: ctx.clone(),
         queue: queue.clone(),
         allowed_clients: ctx.config.allowed_clients(ctx.stage),
@@ -267,14 +274,11 @@ async fn relay_main(ctx: Arc<NodeContext>, filter: Option<Arc<dyn MessageFilter>
         &queue,
     );
     ctx.spawn_http(router);
-    let deliverer = DELIVERER.lock().unwrap().take();
-    match deliverer {
-        Some(make) => {
-            tokio::spawn(make(ctx.clone(), queue.clone())?);
-        }
-        None => {
-            tokio::spawn(Forwarder::new(ctx.clone(), queue.clone()).run());
-        }
+    if let Some(make) = deliverer {
+        tokio::spawn(make(ctx.clone(), queue.clone())?);
+    }
+    if let Some(forwarder) = forwarder {
+        tokio::spawn(forwarder.run());
     }
     {
         let (ctx, queue) = (ctx.clone(), queue.clone());

@@ -11,6 +11,12 @@
 //! | 1 | >= quarantine | quarantined (never bounced, SPEC §4) |
 //! | 4 (authenticated local sender) | >= outbound hold | held in the quarantine and counted; not sent on |
 //!
+//! Under cut-through (the upstream holds its client's reply, `XCUT`):
+//! flow 1 at or above `cut_through_reject_threshold` (default: the
+//! quarantine threshold) and flow 4 at or above the outbound hold are
+//! refused with 550 5.7.1 instead (`rejected`, `outbound-rejected`): the
+//! sender is told, nothing is kept. Everything else is queued as usual.
+//!
 //! The score's parts are in `X-Spam-Report` and in the metrics
 //! (`palisade_spam_hits_total{source=...}`).
 //!
@@ -25,6 +31,7 @@ use anyhow::{Context, Result};
 use palisade_config::SpamSettings;
 use palisade_smtp_proto::Reply;
 use palisade_spam::{Analysis, BayesDb, MemoryCounts, Scorer, ScorerSettings};
+use palisade_stage::cut_through;
 use palisade_stage::filter::{FilterContext, MessageFilter, Verdict, VerdictFuture};
 use palisade_stage::NodeContext;
 use palisade_virus::{entry_hop, Quarantine, QuarantineEntry};
@@ -156,6 +163,26 @@ impl MessageFilter for AntispamFilter {
             let flow4 = ctx.client.auth_user.is_some()
                 || entry_hop::authenticated_submission(&self.ctx.config, message);
             let s = &self.settings;
+            let refuse = if flow4 {
+                a.score >= s.outbound_hold_threshold
+            } else {
+                a.score >= s.cut_through_reject()
+            };
+            if ctx.cut_through && refuse {
+                let verdict = if flow4 { "outbound-rejected" } else { "rejected" };
+                self.count(verdict, &a);
+                warn!(
+                    "refused under cut-through: spam score {:.2}, from=<{}>, to={:?}, origin={}",
+                    a.score,
+                    ctx.mail_from,
+                    ctx.rcpts,
+                    ctx.origin.unwrap_or("-")
+                );
+                return Verdict::Reject(cut_through::spam_refusal(&format!(
+                    "score {:.2}",
+                    a.score
+                )));
+            }
             if flow4 && a.score >= s.outbound_hold_threshold {
                 self.count("outbound-held", &a);
                 return self.keep(ctx, message, "outbound-spam", true, &a);

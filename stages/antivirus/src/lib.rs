@@ -12,6 +12,12 @@
 //! 4. no clamd answering: 451, the upstream queue keeps the message
 //!    (or, only when configured, pass it tagged `X-Virus-Status: Unscanned`).
 //!
+//! Under cut-through (the upstream holds its client's reply, `XCUT`), 2
+//! and 3 become a refusal instead: 550 5.7.1 naming the virus or the
+//! limit, no quarantine copy and no notices, since the sender is told in
+//! the SMTP session. A clean message is then handed on to the antispam
+//! stage by the stage skeleton (crates/stage/src/cut_through.rs).
+//!
 //! # Failure modes
 //! Scanner down and quarantine write errors are temporary (451): nothing
 //! is accepted that was not scanned and stored.
@@ -22,6 +28,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use palisade_config::{Config, ScannerUnavailable, StageKind, VirusSettings};
 use palisade_smtp_proto::Reply;
+use palisade_stage::cut_through;
 use palisade_stage::filter::{FilterContext, MessageFilter, Verdict, VerdictFuture};
 use palisade_stage::NodeContext;
 use palisade_virus::{
@@ -83,8 +90,17 @@ impl AntivirusFilter {
     }
 
     /// Quarantines the message; `Kept` on success, 451 when it cannot be
-    /// stored (the upstream queue keeps it).
+    /// stored (the upstream queue keeps it). Under cut-through: refuses it.
     fn keep(&self, ctx: &FilterContext<'_>, message: &[u8], kind: &str, verdict: &str) -> Verdict {
+        if ctx.cut_through {
+            warn!(
+                "refused under cut-through: {kind} {verdict}, from=<{}>, to={:?}, origin={}",
+                ctx.mail_from,
+                ctx.rcpts,
+                ctx.origin.unwrap_or("-")
+            );
+            return Verdict::Reject(cut_through::virus_refusal(verdict));
+        }
         let flow4 = ctx.client.auth_user.is_some()
             || entry_hop::authenticated_submission(&self.ctx.config, message);
         let entry = QuarantineEntry {

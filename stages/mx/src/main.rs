@@ -1,11 +1,8 @@
 //! palisade-mx: stage A, the MX (shared/SPEC.md §2).
-
-use std::sync::Arc;
+//!
+//! Cut-through (`[stage.mx.cut_through]`, crates/stage/src/cut_through.rs)
+//! is part of the relay intake, as at the MSA.
 
 fn main() -> anyhow::Result<()> {
-    // Cut-through ([stage.mx.cut_through]) is the MX's only filter; it
-    // passes everything through when disabled.
-    palisade_stage::runtime::run_filtering_stage(palisade_stage::StageKind::Mx, |ctx| {
-        Ok(Arc::new(palisade_stage::cut_through::CutThrough::new(ctx)))
-    })
+    palisade_stage::run_relay_stage(palisade_stage::StageKind::Mx)
 }

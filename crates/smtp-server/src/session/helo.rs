@@ -42,7 +42,7 @@ where
             text.push_str(super::auth::MECHANISMS);
         }
         if c.accept_origin_param {
-            text.push_str("\nXORIGIN");
+            text.push_str("\nXCUT\nXORIGIN");
         }
         text
     }

@@ -27,6 +27,9 @@ where
         if params.origin.is_some() && !self.config.accept_origin_param {
             return self.reply(&Reply::unknown_parameter("Unsupported parameter XORIGIN"));
         }
+        if params.cut_through_ms.is_some() && !self.config.accept_origin_param {
+            return self.reply(&Reply::unknown_parameter("Unsupported parameter XCUT"));
+        }
         // policy
         if let Err(reply) = self.hooks.on_mail(&self.info, &from, &params).await {
             return self.reply(&reply);

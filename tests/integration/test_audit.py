@@ -1,0 +1,343 @@
+"""Issue 8, step 2: `palisade audit` against real deployments.
+
+- Our default architecture (config/local.toml on private ports, every node
+  started the way conftest starts them, a real dnsmasq and clamd): every
+  fault the config covers is reported working, with evidence; flipping one
+  setting makes exactly that fault fail.
+- Postfix 3.7 (the Debian package) on a loopback port with its default
+  restrictions: the audit runs to completion and reports what Postfix
+  defends and what it lacks by default.
+
+The audit connects from 127.0.0.50: config/local.toml trusts 127.0.0.1 as
+the gateway host itself, and an audit from there would be exempt from the
+checks aimed at Internet clients.
+"""
+
+import imaplib
+import json
+import os
+import shutil
+import signal
+import socket
+import ssl
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import BIN, PASSWORD, port_free, wait_port
+from dns import DnsServer
+
+USER = "alice@example.test"
+SENDER = "audit@audit.test"
+SOURCE = "127.0.0.50"
+
+# What config/local.toml does not deploy: no greet pause (limits.greet_pause
+# = 0). The SMTP engine still refuses bytes that arrived before the banner,
+# so the early-talker probe may see a refusal or not: a race, by design.
+NOT_IN_LOCAL_TOML = {"early-talker"}
+
+
+@pytest.fixture(scope="module")
+def dns():
+    # The audit's sender domain exists (DM19 checks it) and has no SPF, so
+    # greylisting applies to it as to any new Internet sender.
+    # The local domain resolves too, as it does for any real gateway.
+    with DnsServer(["mx-host=audit.test,mx.audit.test,10",
+                    "host-record=mx.audit.test,192.0.2.20",
+                    "mx-host=example.test,mail.example.test,10",
+                    "host-record=mail.example.test,192.0.2.25"]) as d:
+        yield d
+
+
+def audited_arch(arch_factory, dns, *edits):
+    def edit(t):
+        t = t.replace("[gateway]\n", f'[gateway]\ndns = "{dns.addr}"\n', 1)
+        # Greylisting as configured, with a delay the test can wait for.
+        t = t.replace('delay = "5m"', 'delay = "2s"')
+        for old, new in edits:
+            assert old in t, old
+            t = t.replace(old, new, 1)
+        return t
+
+    a = arch_factory(edit=edit)
+    a.add_user(USER, quota="50M")
+    a.start()
+    wait_port(a.addr("store-staff", "imaps"), proc=a.procs["store-staff"])
+    wait_port(a.addr("msa-1", "submissions"), proc=a.procs["msa-1"])
+    return a
+
+
+def audit(*args, password=PASSWORD, timeout=400):
+    cmd = [str(BIN / "palisade"), "audit", "--format", "json", *args]
+    r = subprocess.run(cmd, input=(password + "\n") if password else None,
+                       capture_output=True, text=True, timeout=timeout)
+    assert r.returncode in (0, 1), r.stderr
+    report = json.loads(r.stdout)
+    if os.environ.get("KEEP_TEST_DATA"):
+        Path(tempfile.mkdtemp(prefix="palisade-audit-")).joinpath("report.json").write_text(r.stdout)
+    return r, report
+
+
+def audit_ours(arch, *extra):
+    return audit("--config", str(arch.config), "--source", SOURCE, "--user", USER,
+                 "--password-stdin", "--sender", SENDER, "--greylist-wait", "3s", *extra)
+
+
+def by_probe(report):
+    out = {}
+    for f in report["findings"]:
+        out.setdefault(f["probe"], []).append(f)
+    return out
+
+
+def failing(report):
+    return {f["probe"]: f for f in report["findings"] if f["verdict"] in ("not-working", "absent")}
+
+
+def failing_faults(report):
+    return {f["fault"] for f in failing(report).values()}
+
+
+def imap_subjects(arch, needle):
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    host, port = arch.addr("store-staff", "imaps")
+    m = imaplib.IMAP4_SSL(host, port, ssl_context=ctx, timeout=30)
+    try:
+        m.login(USER, PASSWORD)
+        found = 0
+        for folder in ("INBOX", "Junk"):
+            typ, _ = m.select(folder, readonly=True)
+            if typ == "OK":
+                typ, data = m.search(None, "SUBJECT", f'"{needle}"')
+                found += len(data[0].split())
+        return found
+    finally:
+        m.logout()
+
+
+def test_default_architecture_every_covered_fault_working_with_evidence(arch_factory, dns):
+    arch = audited_arch(arch_factory, dns)
+    r, report = audit_ours(arch)
+    probes = by_probe(report)
+    # Every probe ran: nothing "not tested" with a config, a test account
+    # and every address known.
+    untested = [(f["probe"], f["detail"]) for f in report["findings"] if f["verdict"] == "not-tested"]
+    assert untested == [], untested
+    # What local.toml deploys works; only what it leaves out fails, and is
+    # reported absent (not "configured but not working").
+    assert set(failing(report)) <= NOT_IN_LOCAL_TOML, failing(report)
+    assert all(f["verdict"] == "absent" for f in failing(report).values())
+    assert r.returncode == (1 if failing(report) else 0)  # what cron/CI see
+    for probe in ["open-relay-plain", "open-relay-percent-hack", "open-relay-quoted-local",
+                  "open-relay-source-route", "open-relay-double-at", "open-relay-bang-path",
+                  "forged-local-sender", "unknown-recipient", "vrfy-expn-disclosure",
+                  "greylisting", "recipient-limit", "size-declared", "size-actual",
+                  "smuggling-lf-dot-lf", "smuggling-crlf-dot-cr", "smuggling-lf-dot-crlf",
+                  "internal-reachable", "starttls-mx", "starttls-msa", "implicit-tls-msa",
+                  "tls-legacy-versions-mx", "tls-legacy-versions-msa", "msa-auth-before-tls",
+                  "submission-without-auth", "send-as-other-user", "header-from-other-user",
+                  "eicar-delivery", "gtube-delivery", "mailbox-quota", "connection-limit",
+                  "connection-rate"]:
+        assert probe in probes, probe
+        for f in probes[probe]:
+            assert f["verdict"] == "working", f
+            # Evidence: the conversation that decided it.
+            assert any(l["dir"] == "S" for l in f["transcript"]), f
+    # The replies of SPEC §5 are what decided.
+    assert "554 5.7.1" in probes["open-relay-percent-hack"][0]["detail"]
+    assert "550 5.7.1" in probes["forged-local-sender"][0]["detail"]
+    assert "550 5.1.1" in probes["unknown-recipient"][0]["detail"]
+    assert "451 4.7.1" in probes["greylisting"][0]["detail"]
+    assert "452 4.5.3" in probes["recipient-limit"][0]["detail"]
+    assert "552 5.3.4" in probes["size-declared"][0]["detail"]
+    assert "552 5.3.4" in probes["size-actual"][0]["detail"]
+    assert "550 5.5.2" in probes["smuggling-lf-dot-lf"][0]["detail"]
+    assert "530 5.7.0" in probes["submission-without-auth"][0]["detail"]
+    assert "553 5.7.1" in probes["send-as-other-user"][0]["detail"]
+    assert "421 4.7.0" in probes["connection-limit"][0]["detail"]
+    assert "421 4.7.0" in probes["connection-rate"][0]["detail"]
+    # Every internal intake (antivirus, antispam, outgoing, store) was tried.
+    assert len(probes["internal-reachable"]) == 8
+    # The password never appears in the evidence.
+    assert PASSWORD not in json.dumps(report)
+    # The probes cleaned up after themselves: nothing of the run is left.
+    assert "deleted" in r.stderr, r.stderr
+    assert imap_subjects(arch, "palisade-audit") == 0
+
+
+@pytest.mark.parametrize("flips, faults, probes", [
+    # Recipient checks off: unknown local recipients accepted (backscatter).
+    ([('[stage.mx]\nnext = "antivirus"\n', '[stage.mx]\nnext = "antivirus"\nverify_recipients = false\n')],
+     {"spam"}, {"unknown-recipient"}),
+    # Local-domain senders from outside no longer refused.
+    ([("[stage.mx.mechanisms.dm19_mta_rules]", "[stage.mx.mechanisms.dm19_mta_rules]\nrefuse_local_forgery = false")],
+     {"forging"}, {"forged-local-sender"}),
+    # The MSA no longer checks the From: header against the user's addresses.
+    ([("[stage.antivirus]\n", "[stage.msa.submission]\ncheck_header_from = false\n\n[stage.antivirus]\n")],
+     {"phishing"}, {"header-from-other-user"}),
+])
+def test_flipping_one_setting_fails_exactly_that_fault(arch_factory, dns, flips, faults, probes):
+    arch = audited_arch(arch_factory, dns, *flips)
+    r, report = audit_ours(arch)
+    assert r.returncode == 1
+    failed = failing(report)
+    baseline = {f["fault"] for p, f in failed.items() if p in NOT_IN_LOCAL_TOML}
+    assert failing_faults(report) == baseline | faults, failed
+    newly = {p: f for p, f in failed.items() if p not in NOT_IN_LOCAL_TOML}
+    if probes is not None:
+        assert set(newly) == probes, newly
+    for f in newly.values():
+        # The config turned the defense off: absent, with the evidence.
+        assert f["verdict"] == "absent", f
+        assert any(l["dir"] == "S" for l in f["transcript"]), f
+
+
+# ---- Postfix 3.7 with its defaults ------------------------------------------
+
+POSTFIX_MASTER = """\
+127.0.0.1:{port} inet n - n - - smtpd
+pickup    unix n - n 60 1 pickup
+cleanup   unix n - n - 0 cleanup
+qmgr      unix n - n 300 1 qmgr
+tlsmgr    unix - - n 1000 1 tlsmgr
+rewrite   unix - - n - - trivial-rewrite
+bounce    unix - - n - 0 bounce
+defer     unix - - n - 0 bounce
+trace     unix - - n - 0 bounce
+verify    unix - - n - 1 verify
+flush     unix n - n 1000 0 flush
+proxymap  unix - - n - - proxymap
+smtp      unix - - n - - smtp
+relay     unix - - n - - smtp
+showq     unix n - n - - showq
+error     unix - - n - - error
+retry     unix - - n - - error
+discard   unix - - n - - discard
+local     unix - n n - - local
+anvil     unix - - n - 1 anvil
+scache    unix - - n - 1 scache
+postlog   unix-dgram n - n - 1 postlogd
+"""
+
+
+class Postfix:
+    """Postfix with its default restrictions on one loopback port; its own
+    config and queue directories under /tmp; every delivery discarded so
+    nothing the audit sends goes anywhere."""
+
+    def __init__(self):
+        self.dir = Path(tempfile.mkdtemp(prefix="palisade-postfix-"))
+        self.port = next(p for p in range(26000, 27000) if port_free(p))
+        self.etc = self.dir / "etc"
+        self.etc.mkdir()
+        # Postfix's own processes run as user postfix: they must reach
+        # their data directory.
+        os.chmod(self.dir, 0o755)
+        (self.dir / "lib").mkdir()
+        (self.dir / "spool").mkdir()
+        shutil.chown(self.dir / "lib", user="postfix")
+        (self.etc / "main.cf").write_text(f"""\
+compatibility_level = 3.6
+queue_directory = {self.dir}/spool
+data_directory = {self.dir}/lib
+maillog_file = {self.dir}/maillog
+maillog_file_prefixes = /tmp
+myhostname = mail.pf.test
+mydomain = pf.test
+mydestination = pf.test
+# Only the host itself is trusted: the audit connects from {SOURCE}.
+mynetworks = 127.0.0.1/32
+inet_interfaces = 127.0.0.1
+inet_protocols = ipv4
+alias_maps =
+alias_database =
+default_transport = discard:audit test
+local_transport = discard:audit test
+relay_transport = discard:audit test
+""")
+        (self.etc / "master.cf").write_text(POSTFIX_MASTER.format(port=self.port))
+
+    def postfix(self, *args):
+        return subprocess.run(["postfix", "-c", str(self.etc), *args],
+                              capture_output=True, text=True, timeout=60)
+
+    def start(self):
+        r = self.postfix("start")
+        assert r.returncode == 0, r.stdout + r.stderr
+        wait_port(("127.0.0.1", self.port))
+        return self
+
+    def stop(self):
+        self.postfix("stop")
+        pid_file = self.dir / "spool" / "pid" / "master.pid"
+        for _ in range(50):
+            if not pid_file.exists():
+                break
+            time.sleep(0.1)
+        if pid_file.exists():
+            try:
+                os.kill(int(pid_file.read_text().split()[0]), signal.SIGKILL)
+            except (ValueError, ProcessLookupError):
+                pass
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+@pytest.fixture
+def postfix():
+    p = Postfix()
+    try:
+        yield p.start()
+    finally:
+        p.stop()
+
+
+def test_postfix_defaults_what_it_defends_and_what_it_lacks(postfix):
+    r, report = audit("--mx", f"127.0.0.1:{postfix.port}", "--source", SOURCE,
+                      "--user", "root@pf.test", "--local-domain", "pf.test",
+                      "--sender", "audit@pf-outside.test", password=None)
+    probes = by_probe(report)
+    verdict = {p: fs[0]["verdict"] for p, fs in probes.items()}
+    # Ran to completion: every probe reported, with evidence where it ran.
+    assert len(verdict) >= 31
+    # What Postfix defends by default: no open relay (454 4.7.1 Relay
+    # access denied, even with the classic tricks), unknown local users
+    # refused, the 10 MB message_size_limit and the 1000-recipient cap,
+    # the per-client connection count (anvil, 50).
+    for p in ["open-relay-plain", "open-relay-percent-hack", "open-relay-quoted-local",
+              "open-relay-source-route", "open-relay-double-at", "open-relay-bang-path"]:
+        assert verdict[p] == "working", probes[p]
+    assert "Relay access denied" in probes["open-relay-plain"][0]["detail"]
+    assert verdict["unknown-recipient"] == "working", probes["unknown-recipient"]
+    assert verdict["size-declared"] == "working" and "552" in probes["size-declared"][0]["detail"]
+    assert verdict["size-actual"] == "working", probes["size-actual"]
+    assert verdict["recipient-limit"] == "working" and "452" in probes["recipient-limit"][0]["detail"]
+    assert verdict["connection-limit"] == "working", probes["connection-limit"]
+    # What it lacks by default: no greylisting, VRFY tells users apart, no
+    # greet pause, no connection rate limit, no STARTTLS (no certificate),
+    # a local-domain sender is taken from anyone.
+    assert verdict["greylisting"] == "absent", probes["greylisting"]
+    assert verdict["vrfy-expn-disclosure"] == "absent", probes["vrfy-expn-disclosure"]
+    assert verdict["early-talker"] == "absent"
+    assert verdict["connection-rate"] == "absent"
+    assert verdict["starttls-mx"] == "absent"
+    assert verdict["forged-local-sender"] == "absent"
+    # Postfix 3.7 leaves smtpd_forbid_bare_newline off: a bare-LF end of
+    # data ends the message and the smuggled transaction runs.
+    assert verdict["smuggling-lf-dot-lf"] == "absent", probes["smuggling-lf-dot-lf"]
+    assert "smuggled MAIL got 250" in probes["smuggling-lf-dot-lf"][0]["detail"]
+    # Without a mailbox to look into, nothing is sent for antivirus,
+    # antispam or quota: not tested, said so.
+    for p in ["eicar-delivery", "gtube-delivery", "mailbox-quota"]:
+        assert verdict[p] == "not-tested" and "--store-imap" in probes[p][0]["detail"], probes[p]
+    # No MSA and no internal stages given: not tested.
+    assert verdict["submission-without-auth"] == "not-tested"
+    assert verdict["internal-reachable"] == "not-tested"
+    assert r.returncode == 1
+    for f in report["findings"]:
+        if f["verdict"] != "not-tested":
+            assert any(l["dir"] == "S" for l in f["transcript"]), f
