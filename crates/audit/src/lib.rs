@@ -19,9 +19,11 @@ pub mod evaluation;
 pub mod faults;
 pub mod history;
 pub mod model;
+pub mod probe;
 pub mod render;
 pub mod report;
 pub mod review;
+pub mod trace;
 
 // `palisade audit` (step 2): the runner, its probes and their transcript client.
 pub mod audit;

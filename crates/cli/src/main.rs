@@ -3,10 +3,12 @@
 mod audit;
 mod clamd;
 mod dkim;
+mod probe;
 mod quarantine;
 mod queue;
 mod review;
 mod spam;
+mod trace;
 mod up;
 mod user;
 
@@ -58,6 +60,10 @@ enum Command {
     /// Messages the content stages kept out of the flow: list, show, release, delete.
     #[command(subcommand)]
     Quarantine(quarantine::QuarantineCommand),
+    /// Delivery probes through flows 1 and 4: loss, bursts, latency per hop.
+    Probe(probe::ProbeArgs),
+    /// A message's path through every node, from their journals; names silent loss.
+    Trace(trace::TraceArgs),
     /// Step 1 of the methodology: Table I per stage, the fault coverage
     /// matrix and the plan for unprotected faults (exit 1 if any).
     Review(review::ReviewArgs),
@@ -75,6 +81,8 @@ fn main() -> ExitCode {
         Command::Spam(cmd) => spam::run(cmd),
         Command::Quarantine(cmd) => quarantine::run(cmd),
         Command::Dkim(cmd) => dkim::run(cmd),
+        Command::Probe(args) => probe::run_probe(args),
+        Command::Trace(args) => trace::run_trace(args),
         Command::Review(args) => review::run(args),
         Command::Audit(args) => audit::run(*args),
     };

@@ -40,9 +40,12 @@ use lmdb::{Cursor, Transaction};
 use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
 
+mod journal;
 mod sched;
 mod store;
 mod writer;
+
+pub use journal::{message_id_of, normalize_message_id, JournalEntry, JournalEvent};
 
 pub use lmdb;
 
@@ -67,6 +70,9 @@ pub struct QueueOptions {
     pub origin_ttl: Duration,
     /// Maximum number of requests in one write transaction.
     pub max_batch: usize,
+    /// Retention of the conservation journal (src/journal.rs); `None`
+    /// turns journaling off.
+    pub journal_ttl: Option<Duration>,
 }
 
 impl Default for QueueOptions {
@@ -78,6 +84,7 @@ impl Default for QueueOptions {
             max_age: Duration::from_secs(5 * 86400),
             origin_ttl: Duration::from_secs(7 * 86400),
             max_batch: 256,
+            journal_ttl: Some(Duration::from_secs(7 * 86400)),
         }
     }
 }
@@ -302,6 +309,7 @@ impl Queue {
             opts: opts.clone(),
             last_id,
             last_prune: None,
+            journal_last: journal::last_seq(&store)?,
         };
         let handle = std::thread::Builder::new()
             .name("queue-writer".into())
@@ -364,7 +372,15 @@ impl Queue {
             next_attempt_us: now,
             size: msg.body.len() as u64,
         };
+        let journal = self.inner.opts.journal_ttl.map(|_| JournalEntry {
+            message_id: message_id_of(&msg.body),
+            origin: msg.origin.clone(),
+            mail_from: Some(rec.mail_from.clone()),
+            rcpts: rec.rcpts.iter().map(|r| r.address.clone()).collect(),
+            ..JournalEntry::new(JournalEvent::Accepted, "")
+        });
         let prepared = Prepared {
+            journal,
             origin: msg.origin,
             record: encode(&rec)?,
             body: msg.body,
@@ -520,6 +536,35 @@ impl Queue {
 
     pub fn options(&self) -> &QueueOptions {
         &self.inner.opts
+    }
+
+    /// Appends entries to the conservation journal in the next group
+    /// commit; returns after that commit. For events that are not a queue
+    /// operation (a filter kept the message, the store filed it).
+    pub async fn journal(&self, entries: Vec<JournalEntry>) -> Result<(), QueueError> {
+        if self.inner.opts.journal_ttl.is_none() || entries.is_empty() {
+            return Ok(());
+        }
+        self.call(|tx| Request::Journal(entries, tx)).await
+    }
+
+    /// Every journal entry about messages with this Message-ID.
+    pub fn journal_for_message(&self, message_id: &str) -> Result<Vec<JournalEntry>, QueueError> {
+        self.inner.store.journal_for_message(message_id)
+    }
+
+    /// Journal entries from `since` on, oldest first, at most `limit`.
+    pub fn journal_since(
+        &self,
+        since: SystemTime,
+        limit: usize,
+    ) -> Result<Vec<JournalEntry>, QueueError> {
+        self.inner.store.journal_since(store::to_us(since), limit)
+    }
+
+    /// Whether the message is still in the queue (any state).
+    pub fn contains(&self, id: QueueId) -> bool {
+        matches!(self.inner.store.envelope(id), Ok(Some(_)))
     }
 }
 

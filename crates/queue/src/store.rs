@@ -11,6 +11,7 @@
 //! | `origin_time` | created µs BE ++ id BE      | origin key (for lazy pruning)       |
 //! | `meta`        | `"state"`                   | [`MetaRecord`]                      |
 //! | `corrupt`     | `"<db>/<ID>"`               | the raw bytes that failed to decode |
+//! | `journal`, `journal_idx` | see `src/journal.rs` | what happened to each message   |
 //!
 //! "active" (handed out to a delivery worker) is an in-memory state only: after
 //! a restart every message in `incoming`/`deferred` is due again.
@@ -233,6 +234,9 @@ pub(crate) struct Store {
     pub origin_time: Database,
     pub meta: Database,
     pub corrupt: Database,
+    /// The conservation journal (src/journal.rs); None in a read-only
+    /// open of a queue written before the journal existed.
+    pub journal: Option<crate::journal::JournalDbs>,
     _guard: DirGuard,
 }
 
@@ -279,8 +283,17 @@ impl Store {
                 e => lmdb_err(e),
             })?);
         }
+        let journal = match (
+            open_or_create(&env, "journal", read_only),
+            open_or_create(&env, "journal_idx", read_only),
+        ) {
+            (Ok(entries), Ok(index)) => Some(crate::journal::JournalDbs { entries, index }),
+            (Err(lmdb::Error::NotFound), _) | (_, Err(lmdb::Error::NotFound)) => None,
+            (Err(e), _) | (_, Err(e)) => return Err(lmdb_err(e)),
+        };
         Ok(Store {
             env,
+            journal,
             incoming: dbs[0],
             deferred: dbs[1],
             hold: dbs[2],
@@ -390,6 +403,14 @@ impl Store {
             out.push((String::from_utf8_lossy(k).into_owned(), v.to_vec()));
         }
         Ok(out)
+    }
+}
+
+fn open_or_create(env: &Environment, name: &str, read_only: bool) -> Result<Database, lmdb::Error> {
+    if read_only {
+        env.open_db(Some(name))
+    } else {
+        env.create_db(Some(name), DatabaseFlags::empty())
     }
 }
 

@@ -26,6 +26,8 @@ use crate::{Enqueued, Outcome, QueueError, QueueId, QueueOptions, Recorded, Stat
 
 /// A message encoded by the caller's task, ready to be written.
 pub(crate) struct Prepared {
+    /// The journal's `accepted` entry (id filled in by the writer).
+    pub journal: Option<crate::JournalEntry>,
     pub origin: Option<String>,
     /// Encoded [`EnvelopeRecord`].
     pub record: Vec<u8>,
@@ -44,6 +46,8 @@ pub(crate) enum Request {
     Release(QueueId, Reply<bool>),
     /// A reader found an undecodable record: move it to `corrupt`.
     Quarantine(QueueId),
+    /// Entries for the conservation journal.
+    Journal(Vec<crate::JournalEntry>, Reply<()>),
 }
 
 /// Stop draining once a batch carries this many bytes of bodies, so one
@@ -65,6 +69,7 @@ enum Answer {
     Recorded(Result<Recorded, QueueError>),
     Settled(Result<usize, QueueError>),
     Bool(Result<bool, QueueError>),
+    Unit,
     None,
 }
 
@@ -75,6 +80,8 @@ pub(crate) struct Writer {
     pub opts: QueueOptions,
     pub last_id: u64,
     pub last_prune: Option<Instant>,
+    /// Sequence of the last journal entry written.
+    pub journal_last: u64,
 }
 
 /// An LMDB failure inside the shared transaction: the transaction is dead.
@@ -180,6 +187,10 @@ impl Writer {
         }
         if prune {
             self.prune_origins(&mut txn, now)?;
+            if let (Some(dbs), Some(ttl)) = (store.journal, self.opts.journal_ttl) {
+                let cutoff = to_us(now).saturating_sub(ttl.as_micros() as u64);
+                crate::journal::prune(dbs, &mut txn, cutoff, 1000)?;
+            }
         }
         txn.commit()?;
         self.stats.commits.fetch_add(1, Ordering::Relaxed);
@@ -217,6 +228,9 @@ impl Writer {
                 | (Request::Release(_, tx), Answer::Bool(r)) => {
                     let _ = tx.send(r);
                 }
+                (Request::Journal(_, tx), Answer::Unit) => {
+                    let _ = tx.send(Ok(()));
+                }
                 _ => {}
             }
         }
@@ -249,6 +263,14 @@ impl Writer {
                                     id: QueueId(o.id),
                                     duplicate: true,
                                 };
+                                if let Some(entry) = &p.journal {
+                                    let entry = crate::JournalEntry {
+                                        id: dup.id.to_string(),
+                                        event: crate::JournalEvent::Duplicate,
+                                        ..entry.clone()
+                                    };
+                                    self.journal(txn, now, entry)?;
+                                }
                                 return Ok((Answer::Enqueued(Ok(dup)), Effect::None));
                             }
                             Ok(_) => {}
@@ -279,6 +301,13 @@ impl Writer {
                     tk.extend_from_slice(&k);
                     txn.put(store.origin_time, &tk, &okey, WriteFlags::empty())?;
                 }
+                if let Some(entry) = &p.journal {
+                    let entry = crate::JournalEntry {
+                        id: id.to_string(),
+                        ..entry.clone()
+                    };
+                    self.journal(txn, now, entry)?;
+                }
                 let ok = Enqueued {
                     id,
                     duplicate: false,
@@ -301,6 +330,9 @@ impl Writer {
                 }
                 del_opt(txn, store.body, &k)?;
                 if found {
+                    let entry =
+                        crate::JournalEntry::new(crate::JournalEvent::Deleted, id.to_string());
+                    self.journal(txn, now, entry)?;
                     (Answer::Bool(Ok(true)), Effect::Remove(*id))
                 } else {
                     (Answer::Bool(Ok(false)), Effect::None)
@@ -339,6 +371,12 @@ impl Writer {
                 },
                 Some(_) => (Answer::Bool(Ok(true)), Effect::None),
             },
+            Request::Journal(entries, _) => {
+                for e in entries {
+                    self.journal(txn, now, e.clone())?;
+                }
+                (Answer::Unit, Effect::None)
+            }
             Request::Quarantine(id) => match store.find(txn, *id)? {
                 Some((place, v)) => match decode::<EnvelopeRecord>(v) {
                     Ok(_) => (Answer::None, Effect::None),
@@ -350,6 +388,21 @@ impl Writer {
                 None => (Answer::None, Effect::None),
             },
         })
+    }
+
+    /// Appends one journal entry in this transaction (no-op when off).
+    fn journal(
+        &mut self,
+        txn: &mut RwTransaction<'_>,
+        now: SystemTime,
+        entry: crate::JournalEntry,
+    ) -> Result<(), lmdb::Error> {
+        match (self.store.journal, self.opts.journal_ttl) {
+            (Some(dbs), Some(_)) => {
+                crate::journal::append(dbs, txn, &mut self.journal_last, to_us(now), entry)
+            }
+            _ => Ok(()),
+        }
     }
 
     fn origin_alive(&self, created_us: u64, now: SystemTime) -> bool {
@@ -389,18 +442,19 @@ impl Writer {
 
     #[allow(clippy::type_complexity)]
     fn record(
-        &self,
+        &mut self,
         txn: &mut RwTransaction<'_>,
         id: QueueId,
         results: &[(usize, Outcome)],
         now: SystemTime,
     ) -> Result<Result<(Recorded, Effect), (QueueError, Effect)>, TxnFailed> {
-        let store = &self.store;
+        let store = &Arc::clone(&self.store);
         let (place, mut rec) = match self.load_envelope(txn, id)? {
             Ok(found) => found,
             Err(e) => return Ok(Err((e, Effect::Remove(id)))),
         };
         let mut failed_now = Vec::new();
+        let mut journal = Vec::new();
         rec.attempts = rec.attempts.saturating_add(1);
         for (idx, outcome) in results {
             let Some(r) = rec.rcpts.get_mut(*idx) else {
@@ -415,6 +469,11 @@ impl Writer {
                 Outcome::Delivered(reply) => {
                     r.state = RcptState::Delivered(reply.clone());
                     r.last_reply = Some(reply.clone());
+                    journal.push((
+                        crate::JournalEvent::Forwarded,
+                        r.address.clone(),
+                        reply.clone(),
+                    ));
                 }
                 Outcome::Deferred(reply) => r.last_reply = Some(reply.clone()),
                 Outcome::Failed(reply) => {
@@ -437,6 +496,19 @@ impl Writer {
                     failed_now.push((r.address.clone(), reason));
                 }
             }
+        }
+        for (rcpt, why) in &failed_now {
+            journal.push((crate::JournalEvent::Failed, rcpt.clone(), why.clone()));
+        }
+        let origin = rec.origin.clone();
+        for (event, rcpt, detail) in journal {
+            let entry = crate::JournalEntry {
+                origin: origin.clone(),
+                rcpts: vec![rcpt],
+                detail,
+                ..crate::JournalEntry::new(event, id.to_string())
+            };
+            self.journal(txn, now, entry)?;
         }
         let k = key(id);
         let pending = rec
@@ -570,6 +642,9 @@ fn fail(req: Option<Request>, e: QueueError) {
             let _ = tx.send(Err(again()));
         }
         Request::Delete(_, tx) | Request::Hold(_, tx) | Request::Release(_, tx) => {
+            let _ = tx.send(Err(again()));
+        }
+        Request::Journal(_, tx) => {
             let _ = tx.send(Err(again()));
         }
         Request::Quarantine(_) => {}

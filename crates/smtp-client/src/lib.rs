@@ -448,6 +448,23 @@ impl Connection {
         self.simple("NOOP", b"NOOP\r\n").await
     }
 
+    /// AUTH PLAIN (RFC 4954) as `user`: the server's reply (235 on
+    /// success). For submission probes (`palisade probe`, flow 4); only
+    /// sensible on a TLS connection.
+    pub async fn auth_plain(&mut self, user: &str, password: &str) -> Result<Reply, ClientError> {
+        use base64::Engine as _;
+        self.check_usable()?;
+        let token =
+            base64::engine::general_purpose::STANDARD.encode(format!("\0{user}\0{password}"));
+        let reply = self
+            .command("AUTH", format!("AUTH PLAIN {token}\r\n").as_bytes())
+            .await;
+        if reply.is_err() {
+            self.usable = false;
+        }
+        reply
+    }
+
     /// QUIT (waiting at most 5 s for the reply) and close.
     pub async fn quit(mut self) {
         if self.usable {

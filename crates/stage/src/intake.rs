@@ -315,6 +315,17 @@ impl Hooks for RelayIntake {
                     }
                 }
                 Verdict::Kept { reason } => {
+                    let rcpts = fctx.rcpts.iter().map(|r| r.to_string()).collect();
+                    let entry = crate::journal::quarantined_entry(
+                        &message,
+                        fctx.origin,
+                        &env.mail_from,
+                        rcpts,
+                        &reason,
+                    );
+                    if let Err(e) = self.queue.journal(vec![entry]).await {
+                        warn!("journal: cannot record quarantined message: {e}");
+                    }
                     info!(
                         "session {} from {}: from=<{}> kept out of the flow: {reason}",
                         s.id, s.peer, env.mail_from

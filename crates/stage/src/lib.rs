@@ -11,6 +11,7 @@ pub mod filter;
 pub mod forward;
 pub mod http;
 pub mod intake;
+pub mod journal;
 pub mod metrics;
 pub mod received;
 pub mod replica;

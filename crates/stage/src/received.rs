@@ -65,7 +65,19 @@ pub fn received_header(hop: &Hop<'_>) -> String {
     if let Some(rcpt) = hop.single_recipient {
         h.push_str(&format!("\r\n\tfor <{rcpt}>"));
     }
-    h.push_str(&format!("; {}\r\n", rfc5322_date(hop.when)));
+    // The date has whole seconds (RFC 5322 §3.3); the comment after it
+    // (CFWS is allowed there) gives the same instant to the microsecond,
+    // so `palisade probe` can measure sub-second time per hop.
+    let precise = hop
+        .when
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    h.push_str(&format!(
+        "; {} (epoch {}.{:06})\r\n",
+        rfc5322_date(hop.when),
+        precise.as_secs(),
+        precise.subsec_micros()
+    ));
     h
 }
 
@@ -110,7 +122,7 @@ mod tests {
         assert_eq!(
             h,
             "Received: from client.example ([127.0.0.1])\r\n\tby mail.example.test (Palisade mx-1) \
-             with ESMTPS id 00000000ABCD\r\n\tfor <bob@example.test>; Wed, 18 Nov 2026 11:06:40 +0000\r\n"
+             with ESMTPS id 00000000ABCD\r\n\tfor <bob@example.test>; Wed, 18 Nov 2026 11:06:40 +0000 (epoch 1795000000.000000)\r\n"
         );
     }
 
@@ -129,6 +141,9 @@ mod tests {
         });
         assert!(h.starts_with("Received: from unknown ([::1])"), "{h}");
         assert!(h.contains("with ESMTPA id Q;"), "{h}");
-        assert!(h.ends_with("Thu, 1 Jan 1970 00:00:00 +0000\r\n"), "{h}");
+        assert!(
+            h.ends_with("Thu, 1 Jan 1970 00:00:00 +0000 (epoch 0.000000)\r\n"),
+            "{h}"
+        );
     }
 }

@@ -276,6 +276,14 @@ async fn relay_main(ctx: Arc<NodeContext>, filter: Option<Arc<dyn MessageFilter>
     }
 
     let router = queue_admin_routes(router, &queue);
+    let stage_name = ctx.stage.to_string();
+    let router = crate::journal::routes(
+        router,
+        ctx.config.clone(),
+        &ctx.node_name,
+        &stage_name,
+        &queue,
+    );
     ctx.spawn_http(router);
     if let Some(make) = deliverer {
         tokio::spawn(make(ctx.clone(), queue.clone())?);

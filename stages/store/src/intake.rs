@@ -7,6 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
 use palisade_mailbox::{Delivery, Directory, MailStore};
+use palisade_queue::{JournalEntry, JournalEvent, Queue};
 use palisade_smtp_proto::{MailParams, RcptParams, Reply};
 use palisade_smtp_server::{Envelope, Hooks, SessionInfo};
 use palisade_stage::received::{received_header, Hop};
@@ -24,10 +25,18 @@ pub struct StoreIntake {
     /// Delivery IDs for Received headers and logs: start time in
     /// microseconds plus a counter, so they do not repeat across restarts.
     next_id: AtomicU64,
+    /// The conservation journal (a queue environment used only for its
+    /// journal: the store keeps no messages there).
+    journal: Queue,
 }
 
 impl StoreIntake {
-    pub fn new(ctx: Arc<NodeContext>, directory: Directory, store: MailStore) -> Self {
+    pub fn new(
+        ctx: Arc<NodeContext>,
+        directory: Directory,
+        store: MailStore,
+        journal: Queue,
+    ) -> Self {
         let start = SystemTime::now()
             .duration_since(SystemTime::UNIX_EPOCH)
             .unwrap_or_default()
@@ -39,6 +48,7 @@ impl StoreIntake {
             store,
             refusing: Arc::default(),
             next_id: AtomicU64::new(start),
+            journal,
         }
     }
 
@@ -183,6 +193,20 @@ impl Hooks for StoreIntake {
         );
         let origin = env.mail_params.origin.clone();
         let mut delivered = 0;
+        // Conservation journal: accepted, then one entry per mailbox.
+        let mut journal = vec![JournalEntry {
+            message_id: palisade_queue::message_id_of(&message),
+            origin: origin.clone(),
+            mail_from: Some(env.mail_from.clone()),
+            rcpts: env.rcpts.iter().map(|(a, _)| a.clone()).collect(),
+            ..JournalEntry::new(JournalEvent::Accepted, id.clone())
+        }];
+        let filed = |event, rcpt: &str, detail: &str| JournalEntry {
+            origin: origin.clone(),
+            rcpts: vec![rcpt.to_string()],
+            detail: detail.to_string(),
+            ..JournalEntry::new(event, id.clone())
+        };
         for (rcpt, _) in &env.rcpts {
             let user = match self.owner(rcpt) {
                 Ok(Some(u)) => u,
@@ -221,6 +245,7 @@ impl Hooks for StoreIntake {
             match result {
                 Ok(Delivery::Stored { uid }) => {
                     delivered += 1;
+                    journal.push(filed(JournalEvent::Delivered, rcpt, folder));
                     info!("{id}: to=<{rcpt}>, folder={folder}, uid={uid}, status=stored");
                     self.ctx.metrics.inc(
                         "palisade_store_deliveries_total",
@@ -231,6 +256,7 @@ impl Hooks for StoreIntake {
                     self.warn_when_nearly_full(&user, size).await;
                 }
                 Ok(Delivery::Duplicate) => {
+                    journal.push(filed(JournalEvent::Duplicate, rcpt, folder));
                     info!(
                         "{id}: to=<{rcpt}>, status=duplicate (origin {origin:?} already delivered)"
                     );
@@ -256,6 +282,12 @@ impl Hooks for StoreIntake {
                     return Reply::enhanced(451, (4, 3, 0), "Local error in processing");
                 }
             }
+        }
+        // After the mailbox commit, before the 250: a crash in between
+        // leaves the message filed but unjournaled, and the upstream
+        // re-send is then journaled as a duplicate under a new id.
+        if let Err(e) = self.journal.journal(journal).await {
+            warn!("{id}: journal write failed: {e}");
         }
         Reply::enhanced(
             250,

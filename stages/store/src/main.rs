@@ -30,10 +30,15 @@ async fn store_main(ctx: Arc<NodeContext>) -> Result<()> {
     let store = MailStore::open(&mailboxes_dir)
         .with_context(|| format!("opening mailboxes {}", mailboxes_dir.display()))?;
     let tls = palisade_stage::tls::server_config(&ctx.config)?;
+    let journal_dir = ctx.config.node_dir(&ctx.node_name).join("journal");
+    let journal =
+        palisade_queue::Queue::open(&journal_dir, palisade_queue::QueueOptions::default())
+            .with_context(|| format!("opening journal {}", journal_dir.display()))?;
     let intake = Arc::new(intake::StoreIntake::new(
         ctx.clone(),
         directory.clone(),
         store.clone(),
+        journal.clone(),
     ));
     {
         let (node, directory, store) = (ctx.node_name.clone(), directory.clone(), store.clone());
@@ -42,6 +47,13 @@ async fn store_main(ctx: Arc<NodeContext>) -> Result<()> {
             let is_refusing = |a: &str| refusing.lock().unwrap().contains(a);
             palisade_stage::replica::serve_snapshot(&node, &directory, &store, &is_refusing, req)
         });
+        let router = palisade_stage::journal::routes(
+            router,
+            ctx.config.clone(),
+            &ctx.node_name,
+            "store",
+            &journal,
+        );
         ctx.spawn_http(router);
     }
     let smtp = ctx.node.smtp.context("store node without smtp address")?;
