@@ -2,6 +2,7 @@
 
 mod clamd;
 mod dkim;
+mod drain;
 mod quarantine;
 mod queue;
 mod spam;
@@ -53,6 +54,11 @@ enum Command {
     /// Antispam Bayes database: train, eval.
     #[command(subcommand)]
     Spam(spam::SpamCommand),
+    /// Take nodes out of their pair for maintenance (stop accepting, finish
+    /// sessions, flush or keep the queue); --status reports progress.
+    Drain(drain::DrainArgs),
+    /// Put drained nodes back in service.
+    Undrain(drain::UndrainArgs),
     /// Messages the content stages kept out of the flow: list, show, release, delete.
     #[command(subcommand)]
     Quarantine(quarantine::QuarantineCommand),
@@ -68,6 +74,8 @@ fn main() -> ExitCode {
         Command::Spam(cmd) => spam::run(cmd),
         Command::Quarantine(cmd) => quarantine::run(cmd),
         Command::Dkim(cmd) => dkim::run(cmd),
+        Command::Drain(args) => drain::run(args),
+        Command::Undrain(args) => drain::undrain(args),
     };
     match result {
         Ok(code) => code,

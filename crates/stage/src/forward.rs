@@ -93,6 +93,8 @@ impl Forwarder {
     /// Runs forever: every due message gets a delivery attempt.
     pub async fn run(self: Arc<Self>) {
         loop {
+            // `palisade drain --keep` holds deliveries (the queue stays).
+            self.ctx.drain.deliveries_allowed().await;
             let id = self.queue.next_due().await;
             let slot = self
                 .slots
@@ -102,7 +104,9 @@ impl Forwarder {
                 .expect("never closed");
             let me = self.clone();
             tokio::spawn(async move {
+                let counted = me.ctx.drain.delivery();
                 me.attempt(id).await;
+                drop(counted);
                 drop(slot);
             });
         }
