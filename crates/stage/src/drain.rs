@@ -173,13 +173,20 @@ pub fn routes(
         }
     };
     let off = {
-        let (node, drain, metrics) = (node.to_string(), drain.clone(), metrics.clone());
+        let (node, drain, queue, metrics) = (
+            node.to_string(),
+            drain.clone(),
+            queue.clone(),
+            metrics.clone(),
+        );
         let status = status.clone();
         move |req: &crate::http::Request| {
             if req.method != "POST" {
                 return Response::text(405, "use POST\n");
             }
             drain.stop();
+            // What a `keep` drain held goes out now, not at its next retry.
+            queue.flush();
             metrics.set(
                 "palisade_draining",
                 "1 while the node is drained out of its pair.",

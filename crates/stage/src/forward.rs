@@ -96,6 +96,11 @@ impl Forwarder {
             // `palisade drain --keep` holds deliveries (the queue stays).
             self.ctx.drain.deliveries_allowed().await;
             let id = self.queue.next_due().await;
+            if self.ctx.drain.mode() == Some(crate::drain::Mode::Keep) {
+                // The drain began while we waited: this one stays too.
+                self.queue.release_active(id);
+                continue;
+            }
             let slot = self
                 .slots
                 .clone()
