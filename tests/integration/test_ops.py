@@ -155,6 +155,9 @@ class PairSender:
     of equal preference: it picks one, and tries the other on any failure
     (421 included). Records which node answered 250 for each Message-ID."""
 
+    smtp = smtplib.SMTP  # the client class (test_netns connects from a namespace)
+    timeout = 30
+
     def __init__(self, arch, count, subject, pause=0.05):
         self.arch, self.subject, self.pause = arch, subject, pause
         self.accepted = []          # Message-IDs that got a 250
@@ -172,7 +175,7 @@ class PairSender:
             with self.lock:
                 self.attempted.add(msgid)
             try:
-                with smtplib.SMTP(*self.arch.addr(node), timeout=30) as s:
+                with self.smtp(*self.arch.addr(node), timeout=self.timeout) as s:
                     s.sendmail("sender@outside.test", [USER], msg)
             except (smtplib.SMTPException, OSError):
                 time.sleep(0.05)
