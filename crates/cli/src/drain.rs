@@ -150,7 +150,9 @@ fn checked(cfg: &Config, nodes: Vec<String>) -> Result<Vec<String>> {
         match cfg.node.get(n) {
             None => bail!("no node named {n}"),
             Some(node) if node.stage == StageKind::Store => {
-                bail!("{n} is a store node: it cannot be drained (stop it; its mail waits upstream)")
+                bail!(
+                    "{n} is a store node: it cannot be drained (stop it; its mail waits upstream)"
+                )
             }
             Some(_) => {}
         }

@@ -119,10 +119,9 @@ pub async fn serve_with<H: Hooks>(
         let refusal = if gate.is_draining() {
             Err(Gate::reply(&config.hostname))
         } else {
-            sessions
-                .clone()
-                .try_acquire_owned()
-                .map_err(|_| Reply::closing_policy(format!("{} Too many connections", config.hostname)))
+            sessions.clone().try_acquire_owned().map_err(|_| {
+                Reply::closing_policy(format!("{} Too many connections", config.hostname))
+            })
         };
         match refusal {
             Ok(permit) => {

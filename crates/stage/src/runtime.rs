@@ -111,10 +111,7 @@ impl NodeContext {
     /// Becomes the configured unprivileged user (when started as root):
     /// call once every port is bound and before any mail is read.
     pub fn drop_privileges(&self) -> Result<()> {
-        crate::privilege::drop_to(
-            self.run_as.as_ref(),
-            &self.config.node_dir(&self.node_name),
-        )
+        crate::privilege::drop_to(self.run_as.as_ref(), &self.config.node_dir(&self.node_name))
     }
 
     /// The SMTP server settings for one of this node's listeners.
@@ -422,9 +419,15 @@ async fn serve_until_stopped<H: Hooks>(
                         ctx.config_path.display()
                     );
                 }
-                Err(e) => error!("{}: reload failed, keeping the running configuration: {e:#}", ctx.node_name),
+                Err(e) => error!(
+                    "{}: reload failed, keeping the running configuration: {e:#}",
+                    ctx.node_name
+                ),
             },
-            Err(e) => error!("{}: reload failed, keeping the running configuration: {e:#}", ctx.node_name),
+            Err(e) => error!(
+                "{}: reload failed, keeping the running configuration: {e:#}",
+                ctx.node_name
+            ),
         }
     }
 }
@@ -440,23 +443,22 @@ pub fn server_config_for(
     let l = config.settings(stage).limits;
     Arc::new(ServerConfig {
         hostname: config.gateway.hostname.clone(),
-            accept_origin_param: matches!(profile, ListenerProfile::Internal),
-            profile,
-            tls,
-            implicit_tls,
-            max_message_size: l.max_message_size,
-            max_recipients: l.max_recipients,
-            max_errors: l.max_errors,
-            max_sessions: l.max_sessions,
-            greet_pause: l.greet_pause.duration(),
-            timeouts: Timeouts {
-                command: l.command_timeout.duration(),
-                data_chunk: l.data_timeout.duration(),
-                session: l.session_timeout.duration(),
-            },
-        })
-    }
-
+        accept_origin_param: matches!(profile, ListenerProfile::Internal),
+        profile,
+        tls,
+        implicit_tls,
+        max_message_size: l.max_message_size,
+        max_recipients: l.max_recipients,
+        max_errors: l.max_errors,
+        max_sessions: l.max_sessions,
+        greet_pause: l.greet_pause.duration(),
+        timeouts: Timeouts {
+            command: l.command_timeout.duration(),
+            data_chunk: l.data_timeout.duration(),
+            session: l.session_timeout.duration(),
+        },
+    })
+}
 
 /// Resolves on SIGINT or SIGTERM. Nothing needs flushing: every accepted
 /// message is already on disk.
