@@ -124,6 +124,50 @@ impl Drop for DeliveryGuard<'_> {
     }
 }
 
+/// What the drain routes act on.
+struct Control {
+    node: String,
+    drain: std::sync::Arc<Drain>,
+    queue: Queue,
+    metrics: Metrics,
+}
+
+impl Control {
+    fn status(&self) -> Response {
+        let s = self.drain.status(&self.node, self.queue.len());
+        Response::json(serde_json::to_vec(&s).unwrap_or_default())
+    }
+
+    /// Drains in `mode`, or (`None`) puts the node back in service.
+    fn switch(&self, mode: Option<Mode>) -> Response {
+        match mode {
+            Some(mode) => {
+                self.drain.start(mode);
+                tracing::info!(
+                    "{}: draining ({mode:?}): new connections get 421 4.3.2",
+                    self.node
+                );
+            }
+            None => {
+                self.drain.stop();
+                tracing::info!("{}: back in service", self.node);
+            }
+        }
+        // Flush: deferred mail is retried now rather than at its next
+        // scheduled attempt. Undrain: what a `keep` drain held goes out.
+        if mode != Some(Mode::Keep) {
+            self.queue.flush();
+        }
+        self.metrics.set(
+            "palisade_draining",
+            "1 while the node is drained out of its pair.",
+            &[],
+            if mode.is_some() { 1.0 } else { 0.0 },
+        );
+        self.status()
+    }
+}
+
 /// `POST /drain?mode=flush|keep`, `POST /undrain`, `GET /drain`.
 pub fn routes(
     router: Router,
@@ -132,78 +176,28 @@ pub fn routes(
     queue: &Queue,
     metrics: &Metrics,
 ) -> Router {
-    let status = {
-        let (node, drain, queue) = (node.to_string(), drain.clone(), queue.clone());
-        move || {
-            let s = drain.status(&node, queue.len());
-            Response::json(serde_json::to_vec(&s).unwrap_or_default())
-        }
-    };
-    let on = {
-        let (node, drain, queue, metrics) = (
-            node.to_string(),
-            drain.clone(),
-            queue.clone(),
-            metrics.clone(),
-        );
-        let status = status.clone();
-        move |req: &crate::http::Request| {
-            if req.method != "POST" {
-                return Response::text(405, "use POST\n");
-            }
-            let mode = match req.query.get("mode").map(String::as_str) {
-                None | Some("flush") => Mode::Flush,
-                Some("keep") => Mode::Keep,
-                Some(other) => return Response::text(400, format!("unknown mode {other}\n")),
-            };
-            drain.start(mode);
-            if mode == Mode::Flush {
-                // Deferred mail is retried now rather than at its next
-                // scheduled attempt.
-                queue.flush();
-            }
-            metrics.set(
-                "palisade_draining",
-                "1 while the node is drained out of its pair.",
-                &[],
-                1.0,
-            );
-            tracing::info!("{node}: draining ({mode:?}): new connections get 421 4.3.2");
-            status()
-        }
-    };
-    let off = {
-        let (node, drain, queue, metrics) = (
-            node.to_string(),
-            drain.clone(),
-            queue.clone(),
-            metrics.clone(),
-        );
-        let status = status.clone();
-        move |req: &crate::http::Request| {
-            if req.method != "POST" {
-                return Response::text(405, "use POST\n");
-            }
-            drain.stop();
-            // What a `keep` drain held goes out now, not at its next retry.
-            queue.flush();
-            metrics.set(
-                "palisade_draining",
-                "1 while the node is drained out of its pair.",
-                &[],
-                0.0,
-            );
-            tracing::info!("{node}: back in service");
-            status()
-        }
-    };
+    let control = std::sync::Arc::new(Control {
+        node: node.to_string(),
+        drain: drain.clone(),
+        queue: queue.clone(),
+        metrics: metrics.clone(),
+    });
+    let c = control.clone();
     router
         .route("/drain", move |req| {
-            if req.method == "POST" {
-                on(req)
-            } else {
-                status()
+            if req.method != "POST" {
+                return c.status();
+            }
+            match req.query.get("mode").map(String::as_str) {
+                None | Some("flush") => c.switch(Some(Mode::Flush)),
+                Some("keep") => c.switch(Some(Mode::Keep)),
+                Some(other) => Response::text(400, format!("unknown mode {other}\n")),
             }
         })
-        .route("/undrain", off)
+        .route("/undrain", move |req| {
+            if req.method != "POST" {
+                return Response::text(405, "use POST\n");
+            }
+            control.switch(None)
+        })
 }
