@@ -12,7 +12,8 @@ cd "$(dirname "$0")/.."
 # tests), swaks, Postfix (the peer and load generator), clamd, a DNS
 # server, Redis, mutt/fetchmail.
 packages=(python3 python3-pytest swaks postfix clamav-daemon clamav dnsmasq-base
-          redis-server fetchmail mutt ca-certificates openssl)
+          redis-server fetchmail mutt ca-certificates openssl
+          nftables haproxy iproute2 systemd)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
