@@ -10,11 +10,12 @@ cd "$(dirname "$0")/.."
 
 # Debian packages the tests drive: Python's pytest (for smtplib/poplib
 # tests), swaks, Postfix (the peer and load generator), clamd, a DNS
-# server, Redis, mutt/fetchmail.
+# server, Redis, mutt/fetchmail, chromium (the HTML report), nftables,
+# haproxy, iproute2 and systemd-analyze (the deployment kit and netns tests).
 packages=(python3 python3-pytest swaks postfix clamav-daemon clamav dnsmasq-base
-          redis-server fetchmail mutt ca-certificates openssl chromium)
+          redis-server fetchmail mutt ca-certificates openssl chromium
+          nftables haproxy iproute2 systemd)
 missing=()
-packages+=(haproxy)  # test_pairs.py: PROXY protocol interop
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
 done

@@ -4,6 +4,7 @@ mod audit;
 mod clamd;
 mod dkim;
 mod probe;
+mod drain;
 mod quarantine;
 mod queue;
 mod review;
@@ -57,6 +58,11 @@ enum Command {
     /// Antispam Bayes database: train, eval.
     #[command(subcommand)]
     Spam(spam::SpamCommand),
+    /// Take nodes out of their pair for maintenance (stop accepting, finish
+    /// sessions, flush or keep the queue); --status reports progress.
+    Drain(drain::DrainArgs),
+    /// Put drained nodes back in service.
+    Undrain(drain::UndrainArgs),
     /// Messages the content stages kept out of the flow: list, show, release, delete.
     #[command(subcommand)]
     Quarantine(quarantine::QuarantineCommand),
@@ -85,6 +91,8 @@ fn main() -> ExitCode {
         Command::Trace(args) => trace::run_trace(args),
         Command::Review(args) => review::run(args),
         Command::Audit(args) => audit::run(*args),
+        Command::Drain(args) => drain::run(args),
+        Command::Undrain(args) => drain::undrain(args),
     };
     match result {
         Ok(code) => code,

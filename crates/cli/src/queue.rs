@@ -161,7 +161,7 @@ pub fn run(cmd: QueueCommand) -> Result<ExitCode> {
     }
 }
 
-fn relaying_nodes(cfg: &palisade_config::Config) -> Vec<String> {
+pub(crate) fn relaying_nodes(cfg: &palisade_config::Config) -> Vec<String> {
     cfg.node
         .iter()
         .filter(|(_, n)| n.stage != palisade_config::StageKind::Store)
@@ -193,6 +193,16 @@ fn find_node(cfg: &palisade_config::Config, id: QueueId, node: Option<String>) -
 /// POST to its HTTP endpoint (the `metrics` address), see
 /// `palisade_stage::runtime::queue_admin_routes`.
 fn admin(cfg: &palisade_config::Config, node: &str, path: &str) -> Result<String> {
+    node_request(cfg, node, "POST", path)
+}
+
+/// One request to a running node's HTTP endpoint; the body of a 200.
+pub(crate) fn node_request(
+    cfg: &palisade_config::Config,
+    node: &str,
+    method: &str,
+    path: &str,
+) -> Result<String> {
     let addr = cfg
         .node
         .get(node)
@@ -205,7 +215,7 @@ fn admin(cfg: &palisade_config::Config, node: &str, path: &str) -> Result<String
         .enable_all()
         .build()?;
     let (status, body) = rt
-        .block_on(palisade_stage::http::request(addr, "POST", path))
+        .block_on(palisade_stage::http::request(addr, method, path))
         .with_context(|| format!("node {node} at {addr} (is it running?)"))?;
     let text = String::from_utf8_lossy(&body).into_owned();
     if status != 200 {

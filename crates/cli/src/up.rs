@@ -40,36 +40,7 @@ pub struct UpArgs {
 const MAX_RESTART_DELAY: Duration = Duration::from_secs(30);
 
 pub fn run(args: UpArgs) -> Result<ExitCode> {
-    let (source, path, text) = read_config(&args)?;
-    // The flags patch the file's text (comments and all): the nodes read
-    // exactly what the admin wrote, plus these two keys.
-    let mut doc: toml_edit::DocumentMut =
-        text.parse().with_context(|| format!("parsing {source}"))?;
-    if let Some(d) = &args.data_dir {
-        doc["gateway"]["data_dir"] = toml_edit::value(d.display().to_string());
-    }
-    if let Some(dns) = args.dns {
-        doc["gateway"]["dns"] = toml_edit::value(dns.to_string());
-    }
-    let patched = args.data_dir.is_some() || args.dns.is_some() || path.is_none();
-    let text = doc.to_string();
-    let config = palisade_config::parse(Path::new(&source), &text)
-        .map_err(|e| anyhow::anyhow!("invalid configuration:\n{e}"))?;
-    let data_dir = config.gateway.data_dir.clone();
-    std::fs::create_dir_all(&data_dir)
-        .with_context(|| format!("creating {}", data_dir.display()))?;
-    let effective = match path {
-        Some(p) if !patched => p,
-        _ => {
-            let effective = data_dir.join("palisade-up.toml");
-            std::fs::write(
-                &effective,
-                format!("# Written by `palisade up` from {source} and its flags.\n{text}"),
-            )?;
-            effective
-        }
-    };
-
+    let (config, effective, source) = effective_config(&args)?;
     if config.gateway.tls_cert.is_none() {
         let (cert, key) = palisade_stage::tls::cert_paths(&config);
         if palisade_stage::tls::ensure_self_signed(&cert, &key, &config.gateway.hostname)? {
@@ -100,8 +71,43 @@ pub fn run(args: UpArgs) -> Result<ExitCode> {
         .worker_threads(2)
         .enable_all()
         .build()?;
-    rt.block_on(supervise(config, effective, bin_dir, clamd))?;
+    rt.block_on(supervise(&args, config, effective, bin_dir, clamd))?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// The configuration the nodes run, the file they read it from, and the
+/// name of its source. The flags patch the file's text (comments and all):
+/// the nodes read exactly what the admin wrote, plus these two keys, in a
+/// copy under the data directory (rewritten on every SIGHUP).
+fn effective_config(args: &UpArgs) -> Result<(Config, PathBuf, String)> {
+    let (source, path, text) = read_config(args)?;
+    let mut doc: toml_edit::DocumentMut =
+        text.parse().with_context(|| format!("parsing {source}"))?;
+    if let Some(d) = &args.data_dir {
+        doc["gateway"]["data_dir"] = toml_edit::value(d.display().to_string());
+    }
+    if let Some(dns) = args.dns {
+        doc["gateway"]["dns"] = toml_edit::value(dns.to_string());
+    }
+    let patched = args.data_dir.is_some() || args.dns.is_some() || path.is_none();
+    let text = doc.to_string();
+    let config = palisade_config::parse(Path::new(&source), &text)
+        .map_err(|e| anyhow::anyhow!("invalid configuration:\n{e}"))?;
+    let data_dir = config.gateway.data_dir.clone();
+    std::fs::create_dir_all(&data_dir)
+        .with_context(|| format!("creating {}", data_dir.display()))?;
+    let effective = match path {
+        Some(p) if !patched => p,
+        _ => {
+            let effective = data_dir.join("palisade-up.toml");
+            std::fs::write(
+                &effective,
+                format!("# Written by `palisade up` from {source} and its flags.\n{text}"),
+            )?;
+            effective
+        }
+    };
+    Ok((config, effective, source))
 }
 
 /// The configuration's name (for messages), its path when it is a file,
@@ -145,6 +151,7 @@ fn print_plan(config: &Config, source: &str) {
 }
 
 async fn supervise(
+    args: &UpArgs,
     config: Config,
     effective: PathBuf,
     bin_dir: PathBuf,
@@ -166,7 +173,30 @@ async fn supervise(
             stop_rx.clone(),
         )));
     }
-    palisade_stage::runtime::shutdown_signal().await;
+    // SIGHUP: every node reloads the configuration (systemd's reload).
+    let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
+    loop {
+        tokio::select! {
+            _ = palisade_stage::runtime::shutdown_signal() => break,
+            _ = hangup.recv() => {
+                // A source that no longer parses leaves the copy as it
+                // was; the nodes then reload what they run.
+                if let Err(e) = effective_config(args) {
+                    println!("up: SIGHUP: {e:#}");
+                }
+                println!("up: SIGHUP: nodes reload {}", effective.display());
+                for name in config.node.keys() {
+                    let pid = std::fs::read_to_string(config.node_dir(name).join("pid"));
+                    if let Some(pid) = pid.ok().and_then(|p| p.trim().parse::<libc::pid_t>().ok()) {
+                        // SAFETY: plain kill(2) on our own child's PID.
+                        unsafe {
+                            libc::kill(pid, libc::SIGHUP);
+                        }
+                    }
+                }
+            }
+        }
+    }
     println!("up: stopping {} nodes", tasks.len());
     let _ = stop_tx.send(true);
     for t in tasks {

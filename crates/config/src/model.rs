@@ -122,6 +122,16 @@ pub struct Gateway {
     pub replica_max_age: Seconds,
     /// Where the defense mechanisms keep per-client state (state.rs).
     pub state: crate::StateSettings,
+    /// The unprivileged user every node runs as: a node started as root
+    /// binds its ports, then switches to this user (and its group) before
+    /// it reads any mail (docs/deploy.md). A node's own `user` overrides it.
+    pub user: Option<String>,
+    /// The group to run as; the user's primary group when absent.
+    pub group: Option<String>,
+    /// Development only: let a node started as root keep running as root
+    /// when no `user` is configured (`palisade up` on loopback in a
+    /// container or CI). Without it such a node refuses to start.
+    pub allow_root: bool,
 }
 
 impl Default for Gateway {
@@ -135,6 +145,9 @@ impl Default for Gateway {
             replica_pull_interval: Seconds(2.0),
             replica_max_age: Seconds(3600.0),
             state: crate::StateSettings::default(),
+            user: None,
+            group: None,
+            allow_root: false,
         }
     }
 }
@@ -363,6 +376,10 @@ pub struct Node {
     pub metrics: Option<SocketAddr>,
     /// Store: the user profile this store serves (staff, students...).
     pub profile: Option<String>,
+    /// Run this node as another user than `gateway.user` (one Unix user
+    /// per stage, as qmail and Postfix do).
+    #[serde(default)]
+    pub user: Option<String>,
 }
 
 impl Node {
@@ -482,6 +499,17 @@ impl Config {
     /// The node's data directory: `data_dir/<node>`.
     pub fn node_dir(&self, node: &str) -> PathBuf {
         self.gateway.data_dir.join(node)
+    }
+
+    /// The user and group a node runs as (`node.user`, else
+    /// `gateway.user`); `None` when none is configured.
+    pub fn run_as(&self, node: &str) -> Option<(String, Option<String>)> {
+        let user = self
+            .node
+            .get(node)
+            .and_then(|n| n.user.clone())
+            .or_else(|| self.gateway.user.clone())?;
+        Some((user, self.gateway.group.clone()))
     }
 
     /// The user directory shared by the nodes of this machine.

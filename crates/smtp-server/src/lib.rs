@@ -24,6 +24,7 @@
 //! answer `5xx` for the message and the session continues.
 
 pub mod config;
+pub mod gate;
 pub mod hooks;
 pub mod proxy;
 mod session;
@@ -36,13 +37,32 @@ use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
+use tokio::sync::{watch, Semaphore};
 use tracing::{info, info_span, warn, Instrument};
 
 pub use config::{ListenerProfile, ServerConfig, Timeouts};
+pub use gate::Gate;
 pub use hooks::{Envelope, Hooks, SessionInfo, TlsInfo};
 pub use palisade_smtp_proto::{MailParams, RcptParams, Reply};
 pub use proxy::ProxyConfig;
+
+/// What a listener serves new sessions with: its settings and the
+/// stage's hooks. A reload replaces both at once; a session keeps the pair
+/// it started with to its end (as a Postfix smtpd process keeps its
+/// configuration), so an open session never sees half of a new policy.
+pub struct Service<H> {
+    pub config: Arc<ServerConfig>,
+    pub hooks: Arc<H>,
+}
+
+impl<H> Clone for Service<H> {
+    fn clone(&self) -> Self {
+        Service {
+            config: self.config.clone(),
+            hooks: self.hooks.clone(),
+        }
+    }
+}
 
 /// Accepts connections forever, one task per session, at most
 /// `config.max_sessions` at a time; connections over the cap get
@@ -53,7 +73,20 @@ pub async fn serve<H: Hooks>(
     config: Arc<ServerConfig>,
     hooks: Arc<H>,
 ) -> std::io::Result<()> {
-    let sessions = Arc::new(Semaphore::new(config.max_sessions));
+    let (_keep, service) = watch::channel(Service { config, hooks });
+    serve_with(listener, service, Gate::default()).await
+}
+
+/// Like [`serve`], taking each new session's settings and hooks from
+/// `service` (a reload sends a new pair) and admitting sessions through
+/// `gate` (drain: new connections get `421 4.3.2`).
+pub async fn serve_with<H: Hooks>(
+    listener: TcpListener,
+    mut service: watch::Receiver<Service<H>>,
+    gate: Gate,
+) -> std::io::Result<()> {
+    let mut cap = service.borrow().config.max_sessions;
+    let sessions = Arc::new(Semaphore::new(cap));
     let mut next_id: u64 = 0;
     loop {
         let (socket, peer) = match listener.accept().await {
@@ -76,9 +109,27 @@ pub async fn serve<H: Hooks>(
         let _ = socket.set_nodelay(true);
         next_id += 1;
         let id = next_id;
-        match sessions.clone().try_acquire_owned() {
+        let Service { config, hooks } = service.borrow_and_update().clone();
+        // A reload may change the session cap; sessions already open keep
+        // their permits.
+        if config.max_sessions > cap {
+            sessions.add_permits(config.max_sessions - cap);
+            cap = config.max_sessions;
+        } else if config.max_sessions < cap {
+            // Only free permits can be taken back: the rest as sessions end.
+            cap -= sessions.forget_permits(cap - config.max_sessions);
+        }
+        let refusal = if gate.is_draining() {
+            Err(Gate::reply(&config.hostname))
+        } else {
+            sessions.clone().try_acquire_owned().map_err(|_| {
+                Reply::closing_policy(format!("{} Too many connections", config.hostname))
+            })
+        };
+        match refusal {
             Ok(permit) => {
-                let (config, hooks) = (config.clone(), hooks.clone());
+                let counted = gate.session();
+                let gate = gate.clone();
                 tokio::spawn(async move {
                     let mut socket = socket;
                     let trusted = config.proxy.as_ref().filter(|p| p.trusts(peer.ip()));
@@ -95,27 +146,27 @@ pub async fn serve<H: Hooks>(
                             }
                         },
                     };
-                    match proxy {
-                        // `local` stays our listener: the proxy's own
-                        // destination is the load balancer's address.
+                    // `local` stays our listener: the proxy's own
+                    // destination is the load balancer's address.
+                    let session = match proxy {
                         Some((client, _)) => {
                             session::Session::new(socket, id, client, local, config, hooks)
                                 .behind_proxy(peer)
-                                .run()
-                                .instrument(info_span!("smtp", session = id))
-                                .await
                         }
-                        None => handle_connection(socket, id, peer, local, config, hooks).await,
-                    }
+                        None => session::Session::new(socket, id, peer, local, config, hooks),
+                    };
+                    session
+                        .with_gate(gate)
+                        .run()
+                        .instrument(info_span!("smtp", session = id))
+                        .await;
+                    drop(counted);
                     drop(permit);
                 });
             }
-            Err(_) => {
-                let hostname = config.hostname.clone();
+            Err(reply) => {
                 tokio::spawn(
                     async move {
-                        let reply =
-                            Reply::closing_policy(format!("{hostname} Too many connections"));
                         info!(%peer, reply = %reply, "refused");
                         let mut socket = socket;
                         let _ = tokio::time::timeout(Duration::from_secs(5), async {

@@ -93,7 +93,14 @@ impl Forwarder {
     /// Runs forever: every due message gets a delivery attempt.
     pub async fn run(self: Arc<Self>) {
         loop {
+            // `palisade drain --keep` holds deliveries (the queue stays).
+            self.ctx.drain.deliveries_allowed().await;
             let id = self.queue.next_due().await;
+            if self.ctx.drain.mode() == Some(crate::drain::Mode::Keep) {
+                // The drain began while we waited: this one stays too.
+                self.queue.release_active(id);
+                continue;
+            }
             let slot = self
                 .slots
                 .clone()
@@ -102,7 +109,9 @@ impl Forwarder {
                 .expect("never closed");
             let me = self.clone();
             tokio::spawn(async move {
+                let counted = me.ctx.drain.delivery();
                 me.attempt(id).await;
+                drop(counted);
                 drop(slot);
             });
         }

@@ -72,17 +72,26 @@ impl Router {
 
 pub fn spawn(addr: SocketAddr, router: Router) {
     tokio::spawn(async move {
-        let listener = match TcpListener::bind(addr).await {
-            Ok(l) => l,
-            Err(e) => {
-                error!("http endpoint {addr}: {e}");
-                return;
-            }
-        };
+        match TcpListener::bind(addr).await {
+            Ok(listener) => serve(listener, addr, router),
+            Err(e) => error!("http endpoint {addr}: {e}"),
+        }
+    });
+}
+
+/// Serves `router` on a listener bound earlier (before the node dropped
+/// its privileges).
+pub fn serve(listener: TcpListener, addr: SocketAddr, router: Router) {
+    tokio::spawn(async move {
         let router = Arc::new(router);
         loop {
-            let Ok((sock, _)) = listener.accept().await else {
-                continue;
+            let sock = match listener.accept().await {
+                Ok((sock, _)) => sock,
+                Err(e) => {
+                    error!("http endpoint {addr}: {e}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
             };
             let router = router.clone();
             tokio::spawn(async move {

@@ -77,15 +77,24 @@ impl DegradedSink for MetricsSink {
 /// The policy of an edge stage, built from its mechanisms section; `None`
 /// for internal stages (their upstream already applied it).
 pub fn edge_policy(ctx: &Arc<NodeContext>) -> anyhow::Result<Option<Arc<Policy>>> {
+    edge_policy_for(ctx, &ctx.config)
+}
+
+/// [`edge_policy`] from another configuration than the node's own (a
+/// reload).
+pub fn edge_policy_for(
+    ctx: &Arc<NodeContext>,
+    config: &palisade_config::Config,
+) -> anyhow::Result<Option<Arc<Policy>>> {
     if !ctx.stage.is_edge() {
         return Ok(None);
     }
-    let settings = ctx.settings();
+    let settings = config.settings(ctx.stage);
     let opts = PolicyOptions {
         stage: ctx.stage,
-        hostname: ctx.config.gateway.hostname.clone(),
-        local_domains: ctx.config.domains.iter().map(|d| d.name.clone()).collect(),
-        dns: ctx.config.gateway.dns,
+        hostname: config.gateway.hostname.clone(),
+        local_domains: config.domains.iter().map(|d| d.name.clone()).collect(),
+        dns: config.gateway.dns,
         state_dir: ctx.config.node_dir(&ctx.node_name).join("policy"),
         session_lifetime: settings.limits.session_timeout.duration(),
         state: SharedState::from_settings(

@@ -7,13 +7,16 @@
 //! RCPT, what happens to a message on arrival) is passed in by the binary.
 
 pub mod cut_through;
+pub mod drain;
 pub mod filter;
 pub mod forward;
 pub mod http;
 pub mod intake;
 pub mod journal;
 pub mod metrics;
+pub mod privilege;
 pub mod received;
+pub mod reload;
 pub mod replica;
 pub mod runtime;
 pub mod submission;

@@ -8,9 +8,13 @@ use anyhow::{bail, Context, Result};
 use clap::Parser;
 use palisade_config::{Config, Node, StageKind, StageSettings};
 use palisade_queue::{Queue, QueueOptions};
-use palisade_smtp_server::{ListenerProfile, ServerConfig, Timeouts};
+use palisade_smtp_server::{Hooks, ListenerProfile, ServerConfig, Service, Timeouts};
 use tokio::net::TcpListener;
+use tokio::sync::watch;
 use tracing::{error, info};
+
+use crate::drain::Drain;
+use crate::privilege::RunAs;
 
 use crate::filter::MessageFilter;
 use crate::forward::Forwarder;
@@ -34,11 +38,20 @@ pub struct StageArgs {
 
 /// What every part of a node needs to know about itself.
 pub struct NodeContext {
+    /// The configuration the node started with. A reload (SIGHUP) builds
+    /// new listener settings and hooks from the new file; the parts that
+    /// read this one (addresses, routes, data directories) need a restart.
     pub config: Arc<Config>,
+    /// Where the configuration was read from, for reloads.
+    pub config_path: PathBuf,
     pub node_name: String,
     pub node: Node,
     pub stage: StageKind,
     pub metrics: Metrics,
+    /// The unprivileged user a node started as root becomes.
+    pub run_as: Option<RunAs>,
+    /// Taking the node out of its pair (`palisade drain`).
+    pub drain: Arc<Drain>,
 }
 
 impl NodeContext {
@@ -66,17 +79,39 @@ impl NodeContext {
             );
             std::process::exit(2);
         }
+        let run_as = match crate::privilege::plan(&config, &args.node) {
+            Ok(r) => r,
+            Err(why) => {
+                eprintln!("{}: {why}", args.config.display());
+                std::process::exit(2);
+            }
+        };
+        // SIGHUP means "reload" to the relaying stages; until their handler
+        // is installed (and in stages without one) it must not kill.
+        // SAFETY: setting a signal's disposition to SIG_IGN.
+        unsafe {
+            libc::signal(libc::SIGHUP, libc::SIG_IGN);
+        }
         Arc::new(NodeContext {
             config: Arc::new(config),
+            config_path: args.config,
             metrics: Metrics::new(&args.node),
             node_name: args.node,
             node,
             stage,
+            run_as,
+            drain: Arc::default(),
         })
     }
 
     pub fn settings(&self) -> StageSettings {
         self.config.settings(self.stage)
+    }
+
+    /// Becomes the configured unprivileged user (when started as root):
+    /// call once every port is bound and before any mail is read.
+    pub fn drop_privileges(&self) -> Result<()> {
+        crate::privilege::drop_to(self.run_as.as_ref(), &self.config.node_dir(&self.node_name))
     }
 
     /// The SMTP server settings for one of this node's listeners.
@@ -86,35 +121,7 @@ impl NodeContext {
         tls: Option<Arc<rustls::ServerConfig>>,
         implicit_tls: bool,
     ) -> Arc<ServerConfig> {
-        let settings = self.settings();
-        let l = &settings.limits;
-        // Issue 9: behind a load balancer, only on the client-facing stages.
-        let trusted = palisade_config::trusted_proxies(&settings);
-        let proxy =
-            (!trusted.is_empty() && !matches!(profile, ListenerProfile::Internal)).then(|| {
-                palisade_smtp_server::ProxyConfig {
-                    trusted,
-                    header_timeout: settings.proxy_header_timeout.duration(),
-                }
-            });
-        Arc::new(ServerConfig {
-            hostname: self.config.gateway.hostname.clone(),
-            accept_origin_param: matches!(profile, ListenerProfile::Internal),
-            profile,
-            tls,
-            implicit_tls,
-            max_message_size: l.max_message_size,
-            max_recipients: l.max_recipients,
-            max_errors: l.max_errors,
-            max_sessions: l.max_sessions,
-            greet_pause: l.greet_pause.duration(),
-            timeouts: Timeouts {
-                command: l.command_timeout.duration(),
-                data_chunk: l.data_timeout.duration(),
-                session: l.session_timeout.duration(),
-            },
-            proxy,
-        })
+        server_config_for(&self.config, self.stage, profile, tls, implicit_tls)
     }
 
     /// Opens this node's durable queue under `data_dir/<node>/queue`.
@@ -182,20 +189,82 @@ pub fn run_relay_stage(stage: StageKind) -> Result<()> {
     runtime().block_on(relay_main(ctx, None))
 }
 
+/// Builds a content filter once the node runs as its own user.
+type MakeFilter = Box<dyn FnOnce(&Arc<NodeContext>) -> Result<Arc<dyn MessageFilter>>>;
+
 /// Like [`run_relay_stage`], with a content filter that sees every message
 /// before it is queued. `make_filter` runs once the node's context is
-/// known (it may open databases under the node's directory).
+/// known and its privileges are dropped (it may open databases under the
+/// node's directory).
 pub fn run_filtering_stage<F>(stage: StageKind, make_filter: F) -> Result<()>
 where
-    F: FnOnce(&Arc<NodeContext>) -> Result<Arc<dyn MessageFilter>>,
+    F: FnOnce(&Arc<NodeContext>) -> Result<Arc<dyn MessageFilter>> + 'static,
 {
     let ctx = NodeContext::from_args(stage);
-    let filter = make_filter(&ctx)?;
-    runtime().block_on(relay_main(ctx, Some(filter)))
+    runtime().block_on(relay_main(ctx, Some(Box::new(make_filter))))
 }
 
-async fn relay_main(ctx: Arc<NodeContext>, filter: Option<Arc<dyn MessageFilter>>) -> Result<()> {
+/// One SMTP listener of a node, bound: its socket and what kind it is.
+struct Listener {
+    socket: TcpListener,
+    addr: std::net::SocketAddr,
+    profile: ListenerProfile,
+    implicit_tls: bool,
+}
+
+/// Binds the node's SMTP listeners (while still privileged).
+async fn bind_smtp(ctx: &NodeContext) -> Result<Vec<Listener>> {
+    let mut wanted = Vec::new();
+    match ctx.stage {
+        StageKind::Msa => {
+            wanted.extend(ctx.node.submission.map(|a| (a, "submission", false)));
+            wanted.extend(ctx.node.submissions.map(|a| (a, "submissions", true)));
+        }
+        _ => {
+            let a = ctx.node.smtp.context("node without smtp address")?;
+            wanted.push((a, "smtp", false));
+        }
+    }
+    let profile = match ctx.stage {
+        StageKind::Msa => ListenerProfile::Submission,
+        StageKind::Mx => ListenerProfile::Mx,
+        _ => ListenerProfile::Internal,
+    };
+    let mut out = Vec::new();
+    for (addr, what, implicit_tls) in wanted {
+        out.push(Listener {
+            socket: bind(addr, what).await?,
+            addr,
+            profile,
+            implicit_tls,
+        });
+    }
+    if out.is_empty() {
+        bail!("{} has nothing to listen on", ctx.node_name);
+    }
+    Ok(out)
+}
+
+async fn relay_main(ctx: Arc<NodeContext>, make_filter: Option<MakeFilter>) -> Result<()> {
+    // While still privileged: the TLS key (it may be readable by root
+    // only) and every port (25, 465 and 587 are privileged).
+    let tls = if ctx.stage.is_edge() {
+        Some(crate::tls::server_config(&ctx.config)?)
+    } else {
+        None
+    };
+    let listeners = bind_smtp(&ctx).await?;
+    let http = match ctx.node.metrics {
+        Some(a) => Some((bind(a, "metrics").await?, a)),
+        None => None,
+    };
+    let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        .context("SIGHUP handler")?;
+    // From here on the node runs as its own user and reads mail.
+    ctx.drop_privileges()?;
+
     let queue = ctx.open_queue()?;
+    let filter = make_filter.map(|f| f(&ctx)).transpose()?;
     info!(
         "{} ({} stage {}) starting: {} message(s) in queue",
         ctx.node_name,
@@ -226,56 +295,19 @@ async fn relay_main(ctx: Arc<NodeContext>, filter: Option<Arc<dyn MessageFilter>
     } else {
         None
     };
-    let replica = directory.clone();
+
+    // The forwarder exists before the intake: cut-through hands messages
+    // to the next stage through it while the client waits.
     let deliverer = DELIVERER.lock().unwrap().take();
     let forwarder = deliverer
         .is_none()
         .then(|| Forwarder::new(ctx.clone(), queue.clone()));
-    let intake = Arc::new(RelayIntake {
-        cut_through: forwarder
-            .as_ref()
-            .and_then(|f| crate::cut_through::CutThrough::new(&ctx, f)),
-        ctx: ctx.clone(),
-        queue: queue.clone(),
-        allowed_clients: ctx.config.allowed_clients(ctx.stage),
-        directory,
-        filter,
-        policy: crate::intake::edge_policy(&ctx)?,
-    });
-    let tls = if ctx.stage.is_edge() {
-        Some(crate::tls::server_config(&ctx.config)?)
-    } else {
-        None
-    };
-
-    let mut listeners = Vec::new();
-    match ctx.stage {
-        StageKind::Msa => {
-            if let Some(a) = ctx.node.submission {
-                let cfg = ctx.server_config(ListenerProfile::Submission, tls.clone(), false);
-                listeners.push((bind(a, "submission").await?, cfg, a));
-            }
-            if let Some(a) = ctx.node.submissions {
-                let cfg = ctx.server_config(ListenerProfile::Submission, tls.clone(), true);
-                listeners.push((bind(a, "submissions").await?, cfg, a));
-            }
-        }
-        StageKind::Mx => {
-            let a = ctx.node.smtp.context("mx node without smtp address")?;
-            let cfg = ctx.server_config(ListenerProfile::Mx, tls.clone(), false);
-            listeners.push((bind(a, "smtp").await?, cfg, a));
-        }
-        _ => {
-            let a = ctx.node.smtp.context("node without smtp address")?;
-            let cfg = ctx.server_config(ListenerProfile::Internal, None, false);
-            listeners.push((bind(a, "smtp").await?, cfg, a));
-        }
-    }
-    if listeners.is_empty() {
-        bail!("{} has nothing to listen on", ctx.node_name);
-    }
+    let cut_through = forwarder
+        .as_ref()
+        .and_then(|f| crate::cut_through::CutThrough::new(&ctx, f));
 
     let router = queue_admin_routes(router, &queue);
+    let router = crate::drain::routes(router, &ctx.node_name, &ctx.drain, &queue, &ctx.metrics);
     let stage_name = ctx.stage.to_string();
     let router = crate::journal::routes(
         router,
@@ -284,7 +316,9 @@ async fn relay_main(ctx: Arc<NodeContext>, filter: Option<Arc<dyn MessageFilter>
         &stage_name,
         &queue,
     );
-    ctx.spawn_http(router);
+    if let Some((socket, addr)) = http {
+        crate::http::serve(socket, addr, router);
+    }
     if let Some(make) = deliverer {
         tokio::spawn(make(ctx.clone(), queue.clone())?);
     }
@@ -305,40 +339,151 @@ async fn relay_main(ctx: Arc<NodeContext>, filter: Option<Arc<dyn MessageFilter>
             }
         });
     }
-    match (ctx.stage, replica) {
-        (StageKind::Msa, Some(replica)) => {
-            let settings = ctx.settings().submission;
-            let typo = match settings.typo_guard {
-                palisade_config::TypoGuardMode::Off => None,
-                _ => Some(TypoGuard::new(
-                    palisade_dns::DnsResolver::new(ctx.config.gateway.dns)?,
-                    &settings.known_domains,
-                )),
-            };
-            let submission = SubmissionIntake::new(intake, replica, settings, typo);
-            spawn_listeners(&ctx.node_name, listeners, Arc::new(submission));
+    // The hooks of every new session, from a configuration: the one the
+    // node started with, then each one a SIGHUP loads.
+    let replica = directory.clone();
+    let relay_hooks = {
+        let (ctx, queue) = (ctx.clone(), queue.clone());
+        move |config: &Config| -> Result<RelayIntake> {
+            Ok(RelayIntake {
+                ctx: ctx.clone(),
+                queue: queue.clone(),
+                allowed_clients: config.allowed_clients(ctx.stage),
+                directory: directory.clone(),
+                filter: filter.clone(),
+                policy: crate::intake::edge_policy_for(&ctx, config)?,
+                cut_through: cut_through.clone(),
+            })
         }
-        _ => spawn_listeners(&ctx.node_name, listeners, intake),
+    };
+    match ctx.stage {
+        StageKind::Msa => {
+            let replica = replica.context("the MSA needs the user directory")?;
+            let hooks = move |config: &Config| -> Result<Arc<SubmissionIntake>> {
+                let relay = Arc::new(relay_hooks(config)?);
+                let settings = config.settings(StageKind::Msa).submission;
+                let typo = match settings.typo_guard {
+                    palisade_config::TypoGuardMode::Off => None,
+                    _ => Some(TypoGuard::new(
+                        palisade_dns::DnsResolver::new(config.gateway.dns)?,
+                        &settings.known_domains,
+                    )),
+                };
+                Ok(Arc::new(SubmissionIntake::new(
+                    relay,
+                    replica.clone(),
+                    settings,
+                    typo,
+                )))
+            };
+            serve_until_stopped(&ctx, listeners, tls, hooks, &mut hangup).await?
+        }
+        _ => {
+            let hooks = move |config: &Config| relay_hooks(config).map(Arc::new);
+            serve_until_stopped(&ctx, listeners, tls, hooks, &mut hangup).await?
+        }
     }
-    shutdown_signal().await;
     info!("{} stopping", ctx.node_name);
     Ok(())
 }
 
-fn spawn_listeners<H: palisade_smtp_server::Hooks>(
-    node: &str,
-    listeners: Vec<(TcpListener, Arc<ServerConfig>, std::net::SocketAddr)>,
-    hooks: Arc<H>,
-) {
-    for (listener, cfg, addr) in listeners {
-        info!("{node} listening on {addr}");
-        let hooks = hooks.clone();
+/// Serves every listener with hooks built by `make_hooks` until SIGINT or
+/// SIGTERM; each SIGHUP reloads the configuration file: a valid one gives
+/// new sessions new limits and a new policy (open sessions finish with
+/// theirs), an invalid one is logged and the running one stays.
+async fn serve_until_stopped<H: Hooks>(
+    ctx: &Arc<NodeContext>,
+    listeners: Vec<Listener>,
+    tls: Option<Arc<rustls::ServerConfig>>,
+    make_hooks: impl Fn(&Config) -> Result<Arc<H>>,
+    hangup: &mut tokio::signal::unix::Signal,
+) -> Result<()> {
+    let service = |config: &Config, hooks: &Arc<H>, profile, implicit_tls| Service {
+        config: server_config_for(config, ctx.stage, profile, tls.clone(), implicit_tls),
+        hooks: hooks.clone(),
+    };
+    let hooks = make_hooks(&ctx.config)?;
+    let senders: Vec<_> = listeners
+        .iter()
+        .map(|l| watch::channel(service(&ctx.config, &hooks, l.profile, l.implicit_tls)))
+        .collect();
+    let mut kinds = Vec::new();
+    for (l, (_, rx)) in listeners.into_iter().zip(&senders) {
+        let (addr, rx, gate) = (l.addr, rx.clone(), ctx.drain.gate());
+        info!("{} listening on {addr}", ctx.node_name);
         tokio::spawn(async move {
-            if let Err(e) = palisade_smtp_server::serve(listener, cfg, hooks).await {
+            if let Err(e) = palisade_smtp_server::serve_with(l.socket, rx, gate).await {
                 error!("listener {addr}: {e}");
             }
         });
+        kinds.push((l.profile, l.implicit_tls));
     }
+    loop {
+        tokio::select! {
+            _ = shutdown_signal() => return Ok(()),
+            _ = hangup.recv() => {}
+        }
+        match crate::reload::load(ctx) {
+            Ok(config) => match make_hooks(&config) {
+                Ok(hooks) => {
+                    for ((tx, _), (profile, implicit_tls)) in senders.iter().zip(&kinds) {
+                        tx.send_replace(service(&config, &hooks, *profile, *implicit_tls));
+                    }
+                    info!(
+                        "{}: reloaded {}: new sessions use the new limits and policy",
+                        ctx.node_name,
+                        ctx.config_path.display()
+                    );
+                }
+                Err(e) => error!(
+                    "{}: reload failed, keeping the running configuration: {e:#}",
+                    ctx.node_name
+                ),
+            },
+            Err(e) => error!(
+                "{}: reload failed, keeping the running configuration: {e:#}",
+                ctx.node_name
+            ),
+        }
+    }
+}
+
+/// The SMTP server settings of a listener of a `stage` node, from `config`.
+pub fn server_config_for(
+    config: &Config,
+    stage: StageKind,
+    profile: ListenerProfile,
+    tls: Option<Arc<rustls::ServerConfig>>,
+    implicit_tls: bool,
+) -> Arc<ServerConfig> {
+    let settings = config.settings(stage);
+    let l = &settings.limits;
+    // Issue 9: behind a load balancer, only on the client-facing stages.
+    let trusted = palisade_config::trusted_proxies(&settings);
+    let proxy = (!trusted.is_empty() && !matches!(profile, ListenerProfile::Internal)).then(|| {
+        palisade_smtp_server::ProxyConfig {
+            trusted,
+            header_timeout: settings.proxy_header_timeout.duration(),
+        }
+    });
+    Arc::new(ServerConfig {
+        hostname: config.gateway.hostname.clone(),
+        accept_origin_param: matches!(profile, ListenerProfile::Internal),
+        profile,
+        tls,
+        implicit_tls,
+        max_message_size: l.max_message_size,
+        max_recipients: l.max_recipients,
+        max_errors: l.max_errors,
+        max_sessions: l.max_sessions,
+        greet_pause: l.greet_pause.duration(),
+        timeouts: Timeouts {
+            command: l.command_timeout.duration(),
+            data_chunk: l.data_timeout.duration(),
+            session: l.session_timeout.duration(),
+        },
+        proxy,
+    })
 }
 
 /// Resolves on SIGINT or SIGTERM. Nothing needs flushing: every accepted

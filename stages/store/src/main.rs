@@ -24,12 +24,25 @@ fn main() -> Result<()> {
 }
 
 async fn store_main(ctx: Arc<NodeContext>) -> Result<()> {
+    // Bind every port while still privileged (993 and 995 are), then run
+    // as the node's own user before opening any mailbox.
+    let smtp = ctx.node.smtp.context("store node without smtp address")?;
+    let smtp_listener = bind(smtp, "smtp").await?;
+    let pop3s_listener = match ctx.node.pop3s {
+        Some(a) => Some(bind(a, "pop3s").await?),
+        None => None,
+    };
+    let imaps_listener = match ctx.node.imaps {
+        Some(a) => Some(bind(a, "imaps").await?),
+        None => None,
+    };
+    let tls = palisade_stage::tls::server_config(&ctx.config)?;
+    ctx.drop_privileges()?;
     let directory =
         Directory::open(&ctx.config.directory_dir()).context("opening the user directory")?;
     let mailboxes_dir = ctx.config.node_dir(&ctx.node_name).join("mailboxes");
     let store = MailStore::open(&mailboxes_dir)
         .with_context(|| format!("opening mailboxes {}", mailboxes_dir.display()))?;
-    let tls = palisade_stage::tls::server_config(&ctx.config)?;
     let journal_dir = ctx.config.node_dir(&ctx.node_name).join("journal");
     let journal =
         palisade_queue::Queue::open(&journal_dir, palisade_queue::QueueOptions::default())
@@ -56,8 +69,7 @@ async fn store_main(ctx: Arc<NodeContext>) -> Result<()> {
         );
         ctx.spawn_http(router);
     }
-    let smtp = ctx.node.smtp.context("store node without smtp address")?;
-    let listener = bind(smtp, "smtp").await?;
+    let listener = smtp_listener;
     let cfg = ctx.server_config(ListenerProfile::Internal, None, false);
     info!("{} listening on {smtp} (intake)", ctx.node_name);
     tokio::spawn(async move {
@@ -66,8 +78,7 @@ async fn store_main(ctx: Arc<NodeContext>) -> Result<()> {
         }
     });
 
-    if let Some(addr) = ctx.node.pop3s {
-        let listener = bind(addr, "pop3s").await?;
+    if let (Some(addr), Some(listener)) = (ctx.node.pop3s, pop3s_listener) {
         info!("{} listening on {addr} (POP3S)", ctx.node_name);
         let (tls, directory, store) = (tls.clone(), directory.clone(), store.clone());
         let mut options = Pop3Options::new(ctx.config.gateway.hostname.clone(), true);
@@ -79,8 +90,7 @@ async fn store_main(ctx: Arc<NodeContext>) -> Result<()> {
             }
         });
     }
-    if let Some(addr) = ctx.node.imaps {
-        let listener = bind(addr, "imaps").await?;
+    if let (Some(addr), Some(listener)) = (ctx.node.imaps, imaps_listener) {
         info!("{} listening on {addr} (IMAPS)", ctx.node_name);
         let (tls, directory, store) = (tls.clone(), directory.clone(), store.clone());
         let mut options = ImapOptions::new(ctx.config.gateway.hostname.clone(), true);

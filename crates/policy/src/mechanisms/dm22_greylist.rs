@@ -81,18 +81,40 @@ impl GreylistStore for SharedGreylistStore<'_> {
 
 /// One node's state in an LMDB file under its data directory.
 pub struct LmdbGreylistStore {
-    env: Environment,
+    env: std::sync::Arc<Environment>,
     db: Database,
 }
 
+/// Environments open in this process, by directory.
+type OpenEnvs = Vec<(std::path::PathBuf, std::sync::Weak<Environment>)>;
+static OPEN: std::sync::Mutex<OpenEnvs> = std::sync::Mutex::new(Vec::new());
+
 impl LmdbGreylistStore {
+    /// Opens the store in `dir`. A reload builds a second policy while the
+    /// first still serves open sessions; both share one environment,
+    /// because LMDB must not open the same environment twice in a process
+    /// (closing one copy would drop the other's locks).
     pub fn open(dir: &Path) -> anyhow::Result<Self> {
         std::fs::create_dir_all(dir)?;
-        let env = Environment::new()
-            .set_flags(EnvironmentFlags::NO_TLS)
-            .set_map_size(256 << 20)
-            .open(dir)?;
+        let key = dir.canonicalize()?;
+        let mut open = OPEN.lock().unwrap_or_else(|e| e.into_inner());
+        open.retain(|(_, env)| env.strong_count() > 0);
+        if let Some(env) = open
+            .iter()
+            .find(|(path, _)| *path == key)
+            .and_then(|(_, env)| env.upgrade())
+        {
+            let db = env.open_db(None)?;
+            return Ok(LmdbGreylistStore { env, db });
+        }
+        let env = std::sync::Arc::new(
+            Environment::new()
+                .set_flags(EnvironmentFlags::NO_TLS)
+                .set_map_size(256 << 20)
+                .open(dir)?,
+        );
         let db = env.create_db(None, DatabaseFlags::empty())?;
+        open.push((key, std::sync::Arc::downgrade(&env)));
         Ok(LmdbGreylistStore { env, db })
     }
 }
@@ -287,6 +309,26 @@ mod tests {
             .duration_since(UNIX_EPOCH)
             .unwrap()
             .as_nanos() as u64
+    }
+
+    #[tokio::test]
+    async fn a_second_open_of_one_directory_shares_the_environment() {
+        let dir = std::env::temp_dir().join(format!("dm22-twice-{}", rand_suffix()));
+        let first = LmdbGreylistStore::open(&dir).unwrap();
+        let second = LmdbGreylistStore::open(&dir).unwrap();
+        assert!(Arc::ptr_eq(&first.env, &second.env));
+        let e = Entry {
+            first_seen: 1,
+            last_seen: 2,
+            passes: 3,
+        };
+        first
+            .put("k", e, Duration::from_secs(60), true)
+            .await
+            .unwrap();
+        drop(first);
+        assert_eq!(second.get("k").await.unwrap().map(|e| e.passes), Some(3));
+        let _ = std::fs::remove_dir_all(dir);
     }
 
     #[tokio::test]

@@ -19,6 +19,7 @@ use tokio::time::{timeout, Instant};
 use tracing::{debug, info, trace, warn};
 
 use crate::config::ServerConfig;
+use crate::gate::Gate;
 use crate::hooks::{Hooks, SessionInfo};
 use crate::state::{self, SessionState};
 use crate::stream::MaybeTls;
@@ -79,6 +80,9 @@ pub(crate) struct Session<S, H> {
     errors: u32,
     deadline: Instant,
     counters: Counters,
+    /// The node's drain switch (a session from `handle_connection` has a
+    /// private one that never drains).
+    gate: Gate,
 }
 
 impl<S, H> Session<S, H>
@@ -117,6 +121,7 @@ where
             errors: 0,
             deadline,
             counters: Counters::default(),
+            gate: Gate::default(),
         }
     }
 
@@ -125,6 +130,17 @@ where
     pub(crate) fn behind_proxy(mut self, proxy: SocketAddr) -> Self {
         self.info.proxy = Some(proxy);
         self
+    }
+
+    pub(crate) fn with_gate(mut self, gate: Gate) -> Self {
+        self.gate = gate;
+        self
+    }
+
+    /// Draining and between transactions: this session should end now.
+    fn drain_due(&self) -> bool {
+        matches!(self.state, SessionState::Connected | SessionState::Greeted)
+            && self.gate.is_draining()
     }
 
     /// Runs the session to its end, logging one line at start and at end.
@@ -245,6 +261,10 @@ where
                 self.skip_chunk(size).await?;
             }
             return self.reply(&reply);
+        }
+        // Drain: a transaction in progress finishes; nothing new starts.
+        if self.drain_due() && !matches!(cmd, Command::Quit) {
+            return self.reply(&Gate::reply(&self.config.hostname));
         }
         match cmd {
             // INIT
@@ -368,7 +388,22 @@ where
                 self.start = 0;
             }
             let idle = self.config.timeouts.command;
-            self.fill(idle).await?;
+            if matches!(self.state, SessionState::Connected | SessionState::Greeted) {
+                // An idle session between transactions ends as soon as
+                // the node drains, not when its client next speaks. The
+                // replies go out first: only the (cancel-safe) read races.
+                self.flush().await?;
+                let gate = self.gate.clone();
+                let drained = tokio::select! {
+                    r = self.fill(idle) => { r?; false }
+                    _ = gate.draining() => true,
+                };
+                if drained {
+                    self.reply(&Gate::reply(&self.config.hostname))?;
+                }
+            } else {
+                self.fill(idle).await?;
+            }
         }
     }
 

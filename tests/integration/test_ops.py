@@ -1,0 +1,287 @@
+"""Issue 9, graceful operations: privilege drop, SIGHUP reload, drain.
+
+Every node here is a real stage process started by the harness; the
+tests look at it from outside: /proc/PID/status, SMTP sessions, its
+log, `palisade drain`, and the store's mailbox over POP3S.
+"""
+
+import os
+import pwd
+import re
+import signal
+import smtplib
+import socket
+import subprocess
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from conftest import BIN, Raw, make_message, message_ids, pop3_messages, wait_for
+from test_chain import USER, assert_exactly_once, fast_retry
+
+FLOW1_PAIR = ["store-staff", "mx-1", "mx-2", "antivirus-1", "antivirus-2",
+              "antispam-1", "antispam-2"]
+
+
+def free_privileged_port():
+    for port in range(700, 1000):
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+                return port
+            except OSError:
+                continue
+    pytest.skip("no free port below 1024")
+
+
+def proc_ids(pid):
+    status = open(f"/proc/{pid}/status").read()
+    uid = [int(x) for x in re.search(r"^Uid:\s+(.*)$", status, re.M).group(1).split()]
+    gid = [int(x) for x in re.search(r"^Gid:\s+(.*)$", status, re.M).group(1).split()]
+    groups = [int(x) for x in re.search(r"^Groups:\s*(.*)$", status, re.M).group(1).split()]
+    return uid, gid, groups
+
+
+def as_user(user):
+    """Runs the nodes as `user` (no more allow_root)."""
+    def edit(text):
+        return text.replace("allow_root = true", f'user = "{user}"')
+    return edit
+
+
+# ---------------------------------------------------------------- privileges --
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to drop privileges")
+def test_node_started_as_root_binds_a_privileged_port_then_runs_as_its_user(arch_factory):
+    nobody = pwd.getpwnam("nobody")
+    port = free_privileged_port()
+
+    def edit(text):
+        text = as_user("nobody")(text)
+        # antispam-1 on a port only root may bind.
+        return re.sub(r'(\[node\.antispam-1\][^\[]*?smtp = )"127\.0\.0\.1:\d+"',
+                      rf'\1"127.0.0.1:{port}"', text, flags=re.S)
+
+    arch = arch_factory(edit=edit)
+    # As an admin installs it (docs/deploy.md): the data directory belongs
+    # to the nodes' user, below a directory it can traverse.
+    os.chmod(arch.workdir, 0o755)
+    arch.data.mkdir()
+    os.chown(arch.data, nobody.pw_uid, nobody.pw_gid)
+    arch.start("antispam-1")
+    pid = arch.procs["antispam-1"].pid
+    uid, gid, groups = wait_for(lambda: proc_ids(pid) if proc_ids(pid)[0][0] != 0 else None,
+                                timeout=10, what="the node to leave root")
+    assert uid == [nobody.pw_uid] * 4, uid   # real, effective, saved, fs
+    assert gid == [nobody.pw_gid] * 4, gid
+    assert groups == [nobody.pw_gid], groups
+    # It serves on the privileged port and owns what it created.
+    c = Raw(("127.0.0.1", port))
+    assert c.banner[0] == 220, c.banner
+    assert c.cmd("QUIT")[0] == 221
+    queue_dir = arch.data / "antispam-1" / "queue"
+    assert os.stat(queue_dir).st_uid == nobody.pw_uid
+    assert "running as user nobody" in arch.log("antispam-1")
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="the refusal is for root")
+def test_node_started_as_root_without_a_user_refuses_to_start(arch_factory):
+    arch = arch_factory(edit=lambda t: t.replace("allow_root = true", ""))
+    p = subprocess.run(
+        [str(BIN / "palisade-antispam"), "--config", str(arch.config), "--node", "antispam-1"],
+        capture_output=True, text=True, timeout=20,
+    )
+    assert p.returncode == 2, (p.returncode, p.stderr)
+    assert "refusing to run as root" in p.stderr, p.stderr
+    assert 'user = "palisade"' in p.stderr
+    assert not (arch.data / "antispam-1" / "queue").exists(), "it opened its queue anyway"
+
+
+# ---------------------------------------------------------------- reload --
+
+def ehlo_size(s):
+    s.ehlo("client.outside.test")
+    return int(s.esmtp_features["size"])
+
+
+def test_sighup_reloads_limits_and_lists_for_new_sessions_open_ones_continue(arch):
+    arch.add_user(USER)
+    arch.start("store-staff", "mx-1")
+    host, port = arch.addr("mx-1")
+    big, _ = make_message("spammer@bad.test", USER, "reload", body=("x" * 70 + "\r\n") * 40)
+
+    old = smtplib.SMTP(host, port, timeout=30)
+    assert ehlo_size(old) == 26214400
+
+    text = arch.text.replace("max_message_size = 26214400   # DM8: 25 MiB",
+                             "max_message_size = 2000")
+    text = text.replace("sender_blacklist = []", 'sender_blacklist = ["spammer@bad.test"]', 1)
+    assert text != arch.text
+    arch.config.write_text(text)
+    os.kill(arch.procs["mx-1"].pid, signal.SIGHUP)
+    wait_for(lambda: "reloaded" in arch.log("mx-1"), timeout=10, what="the reload log line")
+
+    # A new session sees the new size limit and the new blocklist.
+    with smtplib.SMTP(host, port, timeout=30) as new:
+        assert ehlo_size(new) == 2000
+        code, msg = new.mail("spammer@bad.test")
+        assert code == 554 and b"5.7.1" in msg, (code, msg)
+        new.rset()
+        new.mail("friend@outside.test")
+        new.rcpt(USER)
+        code, msg = new.data(big)
+        assert code == 552, (code, msg)
+
+    # The session opened before the reload finishes with its own settings.
+    old.sendmail("spammer@bad.test", [USER], big)
+    old.quit()
+    # (No antivirus node runs: mx-1 holds that message.)
+    assert arch.palisade("queue", "count", "--node", "mx-1").stdout.strip() == "1"
+
+    # An invalid file is refused with a log line; the running one stays.
+    arch.config.write_text(text.replace("max_message_size = 2000", 'max_message_size = "lots"'))
+    os.kill(arch.procs["mx-1"].pid, signal.SIGHUP)
+    wait_for(lambda: "reload failed" in arch.log("mx-1"), timeout=10, what="the refusal")
+    assert re.search(r"palisade.toml:\d+: invalid type", arch.log("mx-1").split("reload failed", 1)[1])
+    assert arch.procs["mx-1"].poll() is None, "an invalid reload killed the node"
+    with smtplib.SMTP(host, port, timeout=30) as after:
+        assert ehlo_size(after) == 2000
+
+
+# ---------------------------------------------------------------- drain --
+
+class PairSender:
+    """A trickle of mail to the MX pair, like a client with two MX records
+    of equal preference: it picks one, and tries the other on any failure
+    (421 included). Records which node answered 250 for each Message-ID."""
+
+    smtp = smtplib.SMTP  # the client class (test_netns connects from a namespace)
+    timeout = 30
+
+    def __init__(self, arch, count, subject, pause=0.05):
+        self.arch, self.subject, self.pause = arch, subject, pause
+        self.accepted = []          # Message-IDs that got a 250
+        self.attempted = set()
+        self.via = {}               # Message-ID -> node
+        self.lock = threading.Lock()
+        self.pool = ThreadPoolExecutor(3)
+        self.futures = [self.pool.submit(self.one, i) for i in range(count)]
+
+    def one(self, i):
+        order = ["mx-1", "mx-2"] if i % 2 == 0 else ["mx-2", "mx-1"]
+        for attempt in range(40):
+            node = order[attempt % 2]
+            msg, msgid = make_message("sender@outside.test", USER, f"{self.subject} {i}")
+            with self.lock:
+                self.attempted.add(msgid)
+            try:
+                with self.smtp(*self.arch.addr(node), timeout=self.timeout) as s:
+                    s.sendmail("sender@outside.test", [USER], msg)
+                    # The 250's time: a QUIT cut off later does not count.
+                    at = time.time()
+            except (smtplib.SMTPException, OSError):
+                time.sleep(0.05)
+                continue
+            finally:
+                time.sleep(self.pause)
+            with self.lock:
+                self.accepted.append(msgid)
+                self.via[msgid] = (node, at)
+            return
+
+    def join(self):
+        for f in self.futures:
+            f.result()
+        self.pool.shutdown()
+        return list(self.accepted)
+
+
+def drain_status(arch, node):
+    out = arch.palisade("drain", "--status", node).stdout
+    return re.search(rf"^{node}: (\w+)", out, re.M).group(1), out
+
+
+def test_drain_mx1_under_a_trickle_loses_nothing_and_the_peer_takes_new_mail(arch_factory):
+    arch = arch_factory(edit=fast_retry)
+    arch.add_user(USER)
+    arch.start(*FLOW1_PAIR)
+    mx1 = arch.addr("mx-1")
+
+    # A session inside a transaction when the drain starts.
+    open_tx = smtplib.SMTP(*mx1, timeout=30)
+    open_tx.ehlo("client.outside.test")
+    open_tx.mail("sender@outside.test")
+    open_tx.rcpt(USER)
+    idle = Raw(mx1)
+    idle.cmd("EHLO idle.outside.test")
+
+    sender = PairSender(arch, 60, "trickle")
+    wait_for(lambda: len(sender.accepted) >= 15, timeout=60, what="mail before the drain")
+    out = arch.palisade("drain", "mx-1").stdout
+    drained_at = time.time()
+    assert re.search(r"^mx-1: draining \(flush\)", out, re.M), out
+
+    # New connections: 421 4.3.2 at once.
+    c = Raw(mx1)
+    assert c.banner[0] == 421 and c.banner[1].startswith("4.3.2"), c.banner
+    # The idle session between transactions is closed with the same 421.
+    assert idle.reply()[0] == 421
+    # The open transaction finishes; the next one is refused.
+    msg, in_flight_id = make_message("sender@outside.test", USER, "open at drain")
+    code, _ = open_tx.data(msg)
+    assert code == 250
+    code, text = open_tx.mail("sender@outside.test")
+    assert code == 421 and text.startswith(b"4.3.2"), (code, text)
+    open_tx.close()
+
+    accepted = sender.join()
+    assert len(accepted) == 60
+    # Everything accepted after the drain was accepted by mx-2.
+    late = [m for m in accepted if sender.via[m][1] > drained_at + 0.5]
+    assert late, "the trickle ended before the drain"
+    assert {sender.via[m][0] for m in late} == {"mx-2"}
+
+    p = arch.palisade("drain", "mx-1", "--wait", "--timeout", "60", check=False)
+    assert p.returncode == 0, p.stdout + p.stderr
+    state, out = drain_status(arch, "mx-1")
+    assert state == "drained", out
+    assert "0 open session(s), 0 message(s) queued" in out
+    sender.accepted.append(in_flight_id)
+    sender.attempted.add(in_flight_id)
+    assert_exactly_once(arch, sender, timeout=60)
+    assert arch.procs["mx-1"].poll() is None
+
+    # Back in service.
+    arch.palisade("undrain", "mx-1")
+    c = Raw(mx1)
+    assert c.banner[0] == 220, c.banner
+    assert drain_status(arch, "mx-1")[0] == "serving"
+
+
+def test_drain_keep_holds_the_queue_until_undrain(arch_factory):
+    arch = arch_factory(edit=fast_retry)
+    arch.add_user(USER)
+    arch.start("store-staff", "mx-1", "antispam-1", "antispam-2")
+    ids = []
+    for i in range(3):
+        msg, msgid = make_message("sender@outside.test", USER, f"kept {i}")
+        with smtplib.SMTP(*arch.addr("mx-1"), timeout=30) as s:
+            s.sendmail("sender@outside.test", [USER], msg)
+        ids.append(msgid)
+    out = arch.palisade("drain", "mx-1", "--keep").stdout
+    assert "draining (keep)" in out or "drained (keep)" in out, out
+    # The antivirus pair comes up: mx-1 could deliver, but keeps.
+    arch.start("antivirus-1", "antivirus-2")
+    state, out = wait_for(lambda: (lambda s: s if s[0] == "drained" else None)(
+        drain_status(arch, "mx-1")), timeout=30, what="drained")
+    assert "3 message(s) queued" in out, out
+    time.sleep(3)  # several retry intervals (fast_retry: 1 s)
+    assert arch.palisade("queue", "count", "--node", "mx-1").stdout.strip() == "3"
+    assert pop3_messages(arch, USER) == []
+
+    arch.palisade("undrain", "mx-1")
+    got = wait_for(lambda: (lambda g: g if len(g) == 3 else None)(pop3_messages(arch, USER)),
+                   timeout=60, what="the kept mail")
+    assert sorted(message_ids(got)) == sorted(ids)
