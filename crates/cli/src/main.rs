@@ -3,8 +3,8 @@
 mod audit;
 mod clamd;
 mod dkim;
-mod probe;
 mod drain;
+mod probe;
 mod quarantine;
 mod queue;
 mod review;

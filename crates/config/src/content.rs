@@ -237,7 +237,10 @@ pub(crate) fn validate(config: &Config, problems: &mut Vec<Problem>) {
             ),
         ));
     }
-    if let Some(reject) = s.cut_through_reject_threshold.filter(|&r| r < s.tag_threshold) {
+    if let Some(reject) = s
+        .cut_through_reject_threshold
+        .filter(|&r| r < s.tag_threshold)
+    {
         problems.push((
             key(&["stage", "antispam", "spam", "cut_through_reject_threshold"]),
             format!(
