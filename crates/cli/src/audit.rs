@@ -83,6 +83,10 @@ pub struct AuditArgs {
     /// Largest body the oversize probe sends, in bytes.
     #[arg(long, default_value_t = 64 << 20)]
     size_probe_max: u64,
+    /// With --config: check that every message the nodes journaled in
+    /// this window is accounted for on its next hop (silent loss).
+    #[arg(long, default_value = "24h", value_parser = Seconds::parse)]
+    conservation_window: Seconds,
 }
 
 pub fn run(args: AuditArgs) -> anyhow::Result<ExitCode> {
@@ -167,7 +171,18 @@ pub fn run(args: AuditArgs) -> anyhow::Result<ExitCode> {
         .worker_threads(2)
         .enable_all()
         .build()?;
-    let findings = runtime.block_on(audit::run(opts));
+    let conservation = config.as_ref().filter(|_| {
+        args.only.is_empty() || only_has_conservation(&args.only)
+    });
+    let mut findings = runtime.block_on(audit::run(opts));
+    if let Some(config) = conservation {
+        // Conservation accounting: the failure the paper says goes
+        // unsignaled, read from every node's journal.
+        let since = std::time::SystemTime::now()
+            .checked_sub(args.conservation_window.duration())
+            .unwrap_or(std::time::UNIX_EPOCH);
+        findings.extend(runtime.block_on(palisade_audit::trace::conservation(config, since)));
+    }
     let mut report = Report::from_findings(target, findings, config.as_ref());
     // Our own deployment: each run adds a snapshot of the nodes' defense
     // counters, so cron runs draw what each mechanism did over time.
@@ -183,4 +198,10 @@ pub fn run(args: AuditArgs) -> anyhow::Result<ExitCode> {
     } else {
         ExitCode::SUCCESS
     })
+}
+
+/// `--only` names the fault the conservation check reports under.
+fn only_has_conservation(only: &[String]) -> bool {
+    let fault = palisade_audit::model::Fault::NoCongestionControl.id();
+    only.iter().any(|f| f == fault)
 }
