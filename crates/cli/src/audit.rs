@@ -171,9 +171,9 @@ pub fn run(args: AuditArgs) -> anyhow::Result<ExitCode> {
         .worker_threads(2)
         .enable_all()
         .build()?;
-    let conservation = config.as_ref().filter(|_| {
-        args.only.is_empty() || only_has_conservation(&args.only)
-    });
+    let conservation = config
+        .as_ref()
+        .filter(|_| args.only.is_empty() || only_has_conservation(&args.only));
     let mut findings = runtime.block_on(audit::run(opts));
     if let Some(config) = conservation {
         // Conservation accounting: the failure the paper says goes

@@ -242,6 +242,25 @@ impl CutThrough {
         );
     }
 
+    /// The next stage answered for the whole message: count and log it.
+    fn verdict(
+        &self,
+        s: &SessionInfo,
+        outcome: Outcome,
+        origin: &str,
+        addr: impl std::fmt::Display,
+        reply: &Reply,
+    ) {
+        self.count(outcome);
+        info!(
+            "session {} from {}: cut-through {}: origin={origin}, {}[{addr}] said: {reply}",
+            s.id,
+            s.peer,
+            outcome.label(),
+            self.pool
+        );
+    }
+
     /// Hands the message to the next stage while the client waits, until
     /// `deadline`.
     pub async fn hand_off(
@@ -340,14 +359,7 @@ impl CutThrough {
         let reply = result.rcpt_outcome(0);
         if accepted.iter().all(|&a| a) {
             let outcome = Outcome::of_reply(reply).unwrap_or(Outcome::Accepted);
-            self.count(outcome);
-            info!(
-                "session {} from {}: cut-through {}: origin={origin}, {}[{addr}] said: {reply}",
-                s.id,
-                s.peer,
-                outcome.label(),
-                self.pool
-            );
+            self.verdict(s, outcome, &origin, addr, reply);
             return HandOff::Answered(reply.clone());
         }
         if accepted.iter().any(|&a| a) {
@@ -368,14 +380,7 @@ impl CutThrough {
         }
         match Outcome::of_reply(reply) {
             Some(outcome @ (Outcome::RejectedVirus | Outcome::RejectedSpam)) => {
-                self.count(outcome);
-                info!(
-                    "session {} from {}: cut-through {}: origin={origin}, {}[{addr}] said: {reply}",
-                    s.id,
-                    s.peer,
-                    outcome.label(),
-                    self.pool
-                );
+                self.verdict(s, outcome, &origin, addr, reply);
                 HandOff::Answered(reply.clone())
             }
             _ => {
