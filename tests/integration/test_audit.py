@@ -103,23 +103,28 @@ def failing_faults(report):
     return {f["fault"] for f in failing(report).values()}
 
 
-def imap_subjects(arch, needle):
+def imap_count(addr, user, *criteria, folders=("INBOX", "Junk")):
+    """How many messages of user's folders match the IMAP SEARCH criteria."""
     ctx = ssl.create_default_context()
     ctx.check_hostname = False
     ctx.verify_mode = ssl.CERT_NONE
-    host, port = arch.addr("store-staff", "imaps")
+    host, port = addr
     m = imaplib.IMAP4_SSL(host, port, ssl_context=ctx, timeout=30)
     try:
-        m.login(USER, PASSWORD)
+        m.login(user, PASSWORD)
         found = 0
-        for folder in ("INBOX", "Junk"):
+        for folder in folders:
             typ, _ = m.select(folder, readonly=True)
             if typ == "OK":
-                typ, data = m.search(None, "SUBJECT", f'"{needle}"')
+                typ, data = m.search(None, *criteria)
                 found += len(data[0].split())
         return found
     finally:
         m.logout()
+
+
+def imap_subjects(arch, needle):
+    return imap_count(arch.addr("store-staff", "imaps"), USER, "SUBJECT", f'"{needle}"')
 
 
 def test_default_architecture_every_covered_fault_working_with_evidence(arch_factory, dns):
@@ -371,19 +376,10 @@ service imap-login {{
 
     def subjects(self, needle):
         """Messages of the test user whose subject contains needle; every
-        message in INBOX."""
-        ctx = ssl.create_default_context()
-        ctx.check_hostname = False
-        ctx.verify_mode = ssl.CERT_NONE
-        m = imaplib.IMAP4_SSL("127.0.0.1", self.port, ssl_context=ctx, timeout=30)
-        try:
-            m.login(self.user, PASSWORD)
-            m.select("INBOX", readonly=True)
-            _, found = m.search(None, "SUBJECT", f'"{needle}"')
-            _, every = m.search(None, "ALL")
-            return len(found[0].split()), len(every[0].split())
-        finally:
-            m.logout()
+        message the user has."""
+        addr = ("127.0.0.1", self.port)
+        return (imap_count(addr, self.user, "SUBJECT", f'"{needle}"'),
+                imap_count(addr, self.user, "ALL"))
 
     def stop(self):
         if self.proc is not None and self.proc.poll() is None:
