@@ -5,8 +5,10 @@
   fault the config covers is reported working, with evidence; flipping one
   setting makes exactly that fault fail.
 - Postfix 3.7 (the Debian package) on a loopback port with its default
-  restrictions: the audit runs to completion and reports what Postfix
-  defends and what it lacks by default.
+  restrictions, delivering its domain into Maildirs that a plain Dovecot
+  2.3 (the Debian package, no quota plugin) serves over IMAPS: the audit
+  runs to completion, content and quota probes included, and reports what
+  that site defends and what it lacks by default.
 
 The audit connects from 127.0.0.50: config/local.toml trusts 127.0.0.1 as
 the gateway host itself, and an audit from there would be exempt from the
@@ -101,23 +103,28 @@ def failing_faults(report):
     return {f["fault"] for f in failing(report).values()}
 
 
-def imap_subjects(arch, needle):
+def imap_count(addr, user, *criteria, folders=("INBOX", "Junk")):
+    """How many messages of user's folders match the IMAP SEARCH criteria."""
     ctx = ssl.create_default_context()
     ctx.check_hostname = False
     ctx.verify_mode = ssl.CERT_NONE
-    host, port = arch.addr("store-staff", "imaps")
+    host, port = addr
     m = imaplib.IMAP4_SSL(host, port, ssl_context=ctx, timeout=30)
     try:
-        m.login(USER, PASSWORD)
+        m.login(user, PASSWORD)
         found = 0
-        for folder in ("INBOX", "Junk"):
+        for folder in folders:
             typ, _ = m.select(folder, readonly=True)
             if typ == "OK":
-                typ, data = m.search(None, "SUBJECT", f'"{needle}"')
+                typ, data = m.search(None, *criteria)
                 found += len(data[0].split())
         return found
     finally:
         m.logout()
+
+
+def imap_subjects(arch, needle):
+    return imap_count(arch.addr("store-staff", "imaps"), USER, "SUBJECT", f'"{needle}"')
 
 
 def test_default_architecture_every_covered_fault_working_with_evidence(arch_factory, dns):
@@ -219,6 +226,7 @@ error     unix - - n - - error
 retry     unix - - n - - error
 discard   unix - - n - - discard
 local     unix - n n - - local
+virtual   unix - n n - - virtual
 anvil     unix - - n - 1 anvil
 scache    unix - - n - 1 scache
 postlog   unix-dgram n - n - 1 postlogd
@@ -227,10 +235,12 @@ postlog   unix-dgram n - n - 1 postlogd
 
 class Postfix:
     """Postfix with its default restrictions on one loopback port; its own
-    config and queue directories under /tmp; every delivery discarded so
-    nothing the audit sends goes anywhere."""
+    config and queue directories under /tmp. Its one domain is a virtual
+    mailbox domain delivered into the Maildirs Dovecot serves (no content
+    filter, no milter); everything else is discarded so nothing the audit
+    sends goes anywhere."""
 
-    def __init__(self):
+    def __init__(self, mail):
         self.dir = Path(tempfile.mkdtemp(prefix="palisade-postfix-"))
         self.port = next(p for p in range(26000, 27000) if port_free(p))
         self.etc = self.dir / "etc"
@@ -249,7 +259,13 @@ maillog_file = {self.dir}/maillog
 maillog_file_prefixes = /tmp
 myhostname = mail.pf.test
 mydomain = pf.test
-mydestination = pf.test
+mydestination =
+# The site's domain: one Maildir per user, owned by the mail user.
+virtual_mailbox_domains = {mail.domain}
+virtual_mailbox_base = {mail.maildirs}
+virtual_mailbox_maps = texthash:{self.etc}/vmailbox
+virtual_uid_maps = static:{mail.uid}
+virtual_gid_maps = static:{mail.gid}
 # Only the host itself is trusted: the audit connects from {SOURCE}.
 mynetworks = 127.0.0.1/32
 inet_interfaces = 127.0.0.1
@@ -260,6 +276,7 @@ default_transport = discard:audit test
 local_transport = discard:audit test
 relay_transport = discard:audit test
 """)
+        (self.etc / "vmailbox").write_text(f"{mail.user} {mail.domain}/{mail.local}/\n")
         (self.etc / "master.cf").write_text(POSTFIX_MASTER.format(port=self.port))
 
     def postfix(self, *args):
@@ -287,19 +304,114 @@ relay_transport = discard:audit test
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
+class Dovecot:
+    """A private Dovecot with Debian's defaults where it matters (no quota
+    plugin, no sieve): its own config, base_dir and log under /tmp, IMAPS
+    on a loopback port with a self-signed certificate, one passwd-file user
+    whose Maildir Postfix delivers into. Run in the foreground (-F) so it
+    is stopped by its PID."""
+
+    domain = "pf.test"
+    local = "alice"
+    user = f"{local}@{domain}"
+    # The mail user: the unprivileged uid Dovecot and Postfix's virtual(8)
+    # both accept (first_valid_uid 500, virtual_minimum_uid 100).
+    uid = gid = 65534
+
+    def __init__(self):
+        self.dir = Path(tempfile.mkdtemp(prefix="palisade-dovecot-"))
+        os.chmod(self.dir, 0o755)
+        self.port = next(p for p in range(27000, 28000) if port_free(p))
+        self.maildirs = self.dir / "mail"
+        box = self.maildirs / self.domain / self.local
+        for sub in ("cur", "new", "tmp"):
+            (box / sub).mkdir(parents=True)
+        for d in [self.maildirs, self.maildirs / self.domain, box, *box.iterdir()]:
+            os.chown(d, self.uid, self.gid)
+        subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+                        "-subj", "/CN=mail.pf.test", "-keyout", str(self.dir / "key.pem"),
+                        "-out", str(self.dir / "cert.pem")], check=True, capture_output=True)
+        (self.dir / "users").write_text(
+            f"{self.user}:{{PLAIN}}{PASSWORD}:{self.uid}:{self.gid}::{box}::\n")
+        self.conf = self.dir / "dovecot.conf"
+        self.conf.write_text(f"""\
+base_dir = {self.dir}/run
+state_dir = {self.dir}/state
+log_path = {self.dir}/dovecot.log
+protocols = imap
+listen = 127.0.0.1
+ssl = required
+ssl_cert = <{self.dir}/cert.pem
+ssl_key = <{self.dir}/key.pem
+auth_mechanisms = plain
+passdb {{
+  driver = passwd-file
+  args = {self.dir}/users
+}}
+userdb {{
+  driver = passwd-file
+  args = {self.dir}/users
+}}
+mail_location = maildir:{self.maildirs}/%d/%n
+namespace inbox {{
+  inbox = yes
+}}
+service imap-login {{
+  inet_listener imap {{
+    port = 0
+  }}
+  inet_listener imaps {{
+    port = {self.port}
+    ssl = yes
+  }}
+}}
+""")
+        self.proc = None
+
+    def start(self):
+        self.proc = subprocess.Popen(["dovecot", "-F", "-c", str(self.conf)],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        wait_port(("127.0.0.1", self.port), proc=self.proc)
+        return self
+
+    def subjects(self, needle):
+        """Messages of the test user whose subject contains needle; every
+        message the user has."""
+        addr = ("127.0.0.1", self.port)
+        return (imap_count(addr, self.user, "SUBJECT", f'"{needle}"'),
+                imap_count(addr, self.user, "ALL"))
+
+    def stop(self):
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        if not os.environ.get("KEEP_TEST_DATA"):
+            shutil.rmtree(self.dir, ignore_errors=True)
+
+
 @pytest.fixture
 def postfix():
-    p = Postfix()
+    mail = Dovecot()
+    p = Postfix(mail)
     try:
+        mail.start()
+        p.mail = mail
         yield p.start()
     finally:
         p.stop()
+        mail.stop()
 
 
 def test_postfix_defaults_what_it_defends_and_what_it_lacks(postfix):
+    mail = postfix.mail
     r, report = audit("--mx", f"127.0.0.1:{postfix.port}", "--source", SOURCE,
-                      "--user", "root@pf.test", "--local-domain", "pf.test",
-                      "--sender", "audit@pf-outside.test", password=None)
+                      "--store-imap", f"127.0.0.1:{mail.port}",
+                      "--user", mail.user, "--password-stdin", "--local-domain", "pf.test",
+                      "--sender", "audit@pf-outside.test", "--delivery-wait", "30s")
     probes = by_probe(report)
     verdict = {p: fs[0]["verdict"] for p, fs in probes.items()}
     # Ran to completion: every probe reported, with evidence where it ran.
@@ -330,10 +442,14 @@ def test_postfix_defaults_what_it_defends_and_what_it_lacks(postfix):
     # data ends the message and the smuggled transaction runs.
     assert verdict["smuggling-lf-dot-lf"] == "absent", probes["smuggling-lf-dot-lf"]
     assert "smuggled MAIL got 250" in probes["smuggling-lf-dot-lf"][0]["detail"]
-    # Without a mailbox to look into, nothing is sent for antivirus,
-    # antispam or quota: not tested, said so.
-    for p in ["eicar-delivery", "gtube-delivery", "mailbox-quota"]:
-        assert verdict[p] == "not-tested" and "--store-imap" in probes[p][0]["detail"], probes[p]
+    # No content filter: the EICAR file and the GTUBE message are
+    # delivered to INBOX like the clean control, untagged; Dovecot
+    # without its quota plugin has no QUOTA capability: no limit.
+    for p in ["eicar-delivery", "gtube-delivery"]:
+        assert verdict[p] == "absent", probes[p]
+        assert probes[p][0]["detail"] == "delivered to INBOX", probes[p]
+    assert verdict["mailbox-quota"] == "absent", probes["mailbox-quota"]
+    assert "no QUOTA capability" in probes["mailbox-quota"][0]["detail"]
     # No MSA and no internal stages given: not tested.
     assert verdict["submission-without-auth"] == "not-tested"
     assert verdict["internal-reachable"] == "not-tested"
@@ -341,3 +457,8 @@ def test_postfix_defaults_what_it_defends_and_what_it_lacks(postfix):
     for f in report["findings"]:
         if f["verdict"] != "not-tested":
             assert any(l["dir"] == "S" for l in f["transcript"]), f
+    # The password never appears in the evidence.
+    assert PASSWORD not in json.dumps(report)
+    # The probes cleaned up after themselves: the mailbox is empty again.
+    assert "deleted" in r.stderr, r.stderr
+    assert mail.subjects("palisade-audit") == (0, 0)

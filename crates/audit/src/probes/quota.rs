@@ -2,7 +2,8 @@
 //! storage limit, read with IMAP GETQUOTAROOT (RFC 9208). Filling a real
 //! mailbox to prove it would be a mail bomb of our own, so the probe reads
 //! the limit the store enforces instead (the store answers 452 4.2.2 past
-//! it, tested in tests/integration).
+//! it, tested in tests/integration). A store that does not advertise
+//! the QUOTA capability has no quotas to enforce: absent, not untested.
 
 use super::Probe;
 use crate::audit::Ctx;
@@ -24,11 +25,28 @@ pub async fn run(ctx: &Ctx) -> Vec<Finding> {
         Ok(i) => i,
         Err((why, t)) => return vec![p.not_tested(why, t)],
     };
+    // Asked after login: a server may advertise more once authenticated.
+    let caps = imap.command("CAPABILITY", None).await;
+    let has_quota = caps.as_ref().ok().map(|c| {
+        c.untagged
+            .iter()
+            .filter_map(|l| l.strip_prefix("* CAPABILITY "))
+            .flat_map(str::split_whitespace)
+            .any(|w| w.eq_ignore_ascii_case("QUOTA"))
+    });
+    if has_quota == Some(false) {
+        let t = imap.logout().await;
+        return vec![p.failed(
+            None,
+            "the store has no quotas: no QUOTA capability (RFC 9208) after login",
+            t,
+        )];
+    }
     let r = imap.command("GETQUOTAROOT INBOX", None).await;
     let t = imap.logout().await;
-    let r = match r {
-        Ok(r) => r,
-        Err(e) => return vec![p.not_tested(e.to_string(), t)],
+    let r = match (caps, r) {
+        (Ok(_), Ok(r)) => r,
+        (Err(e), _) | (_, Err(e)) => return vec![p.not_tested(e.to_string(), t)],
     };
     if !r.ok {
         return vec![p.not_tested(
