@@ -34,6 +34,18 @@ def no_cut_through(text):
     return text.replace("[stage.mx.cut_through]\nenabled = true", "[stage.mx.cut_through]\nenabled = false")
 
 
+def mx_knows(arch, user, node="mx-1"):
+    """The MX's directory replica has the user (RCPT 250), so a store
+    taken down afterwards cannot turn its answer into a 451."""
+    host, port = arch.addr(node)
+    with smtplib.SMTP(host, port, timeout=10) as s:
+        s.ehlo("probe.outside.test")
+        s.mail("sender@outside.test")
+        code, _ = s.rcpt(user)
+        s.rset()
+    return code == 250
+
+
 def trace(arch, msgid):
     r = arch.palisade("trace", msgid, "--format", "json", check=False)
     assert r.returncode in (0, 1, 2), r.stderr
@@ -72,6 +84,7 @@ def test_trace_names_silent_loss_when_a_hop_lost_what_it_accepted(arch_factory):
     arch = arch_factory(edit=no_cut_through)
     arch.add_user(USER)
     arch.start(*FLOW1)
+    wait_for(lambda: mx_knows(arch, USER), what="mx-1's replica knows the user")
     arch.kill("store-staff")
     msgid = send(arch, "to be lost")
 
