@@ -57,6 +57,25 @@ def wait_port(addr, timeout=15.0, proc=None):
     raise TimeoutError(f"nothing listening on {addr}")
 
 
+def wait_serving(addr, timeout=30.0, proc=None):
+    """A node binds its ports first (then drops privileges, opens its queue,
+    warms its directory replica) and serves its HTTP endpoint only once it
+    is ready: /metrics answering means the SMTP listeners serve too."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"process exited with {proc.returncode} before serving {addr}")
+        try:
+            with socket.create_connection(addr, timeout=1.0) as s:
+                s.sendall(b"GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n")
+                if s.recv(16).startswith(b"HTTP/1."):
+                    return
+        except OSError:
+            pass
+        time.sleep(0.05)
+    raise TimeoutError(f"{addr} does not serve /metrics")
+
+
 class Architecture:
     """config/local.toml on private ports, nodes started on demand."""
 
@@ -117,6 +136,8 @@ class Architecture:
         for node in nodes or self.nodes():
             key = "submission" if self.stage_of(node) == "msa" else "smtp"
             wait_port(self.addr(node, key), proc=self.procs[node])
+            if re.search(r'^metrics\s*=', self.section(node), re.M):
+                wait_serving(self.addr(node, "metrics"), proc=self.procs[node])
             if self.stage_of(node) == "store" and "pop3s" in self.section(node):
                 wait_port(self.addr(node, "pop3s"), proc=self.procs[node])
 
