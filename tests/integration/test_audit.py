@@ -169,6 +169,16 @@ def test_default_architecture_every_covered_fault_working_with_evidence(arch_fac
     assert "deleted" in r.stderr, r.stderr
     assert imap_subjects(arch, "palisade-audit") == 0
 
+    # From the gateway host itself (127.0.0.1, in trusted_networks) the
+    # checks aimed at Internet clients do not apply: the audit says so
+    # instead of reporting them absent.
+    r, report = audit("--config", str(arch.config), "--user", USER, "--password-stdin",
+                      "--sender", SENDER, "--only", "forging")
+    assert "trusted_networks" in r.stderr
+    forged = by_probe(report)["forged-local-sender"][0]
+    assert forged["verdict"] == "not-tested" and "trusted_networks" in forged["detail"], forged
+    assert {f["fault"] for f in report["findings"]} == {"forging"}
+
 
 @pytest.mark.parametrize("flips, faults, probes", [
     # Recipient checks off: unknown local recipients accepted (backscatter).
