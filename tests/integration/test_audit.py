@@ -306,6 +306,7 @@ def postfix():
         p.stop()
 
 
+@pytest.mark.skipif(os.geteuid() != 0, reason="postfix start needs root")
 def test_postfix_defaults_what_it_defends_and_what_it_lacks(postfix):
     r, report = audit("--mx", f"127.0.0.1:{postfix.port}", "--source", SOURCE,
                       "--user", "root@pf.test", "--local-domain", "pf.test",
