@@ -83,6 +83,9 @@ pub struct AuditArgs {
     /// Largest body the oversize probe sends, in bytes.
     #[arg(long, default_value_t = 64 << 20)]
     size_probe_max: u64,
+    /// Also flood a non-loopback MX (connection limit and rate probes).
+    #[arg(long)]
+    allow_flood: bool,
 }
 
 pub fn run(args: AuditArgs) -> anyhow::Result<ExitCode> {
@@ -146,6 +149,7 @@ pub fn run(args: AuditArgs) -> anyhow::Result<ExitCode> {
         delivery_wait: args.delivery_wait.duration(),
         flood_max: args.flood_max,
         size_probe_max: args.size_probe_max,
+        allow_flood: args.allow_flood,
         config: config.clone(),
     };
     let mut shown = opts.clone();
