@@ -61,6 +61,9 @@ pub struct Options {
     pub flood_max: usize,
     /// Largest message the oversize probe sends.
     pub size_probe_max: u64,
+    /// Run the flood and rate probes against a non-loopback MX too (they
+    /// make the target refuse the audit host for a while).
+    pub allow_flood: bool,
     /// Our own architecture, when audited by `--config`.
     pub config: Option<Config>,
 }
@@ -86,6 +89,7 @@ impl Default for Options {
             delivery_wait: Duration::from_secs(60),
             flood_max: 60,
             size_probe_max: 64 << 20,
+            allow_flood: false,
             config: None,
         }
     }

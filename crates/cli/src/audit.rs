@@ -87,6 +87,9 @@ pub struct AuditArgs {
     /// this window is accounted for on its next hop (silent loss).
     #[arg(long, default_value = "24h", value_parser = Seconds::parse)]
     conservation_window: Seconds,
+    /// Also flood a non-loopback MX (connection limit and rate probes).
+    #[arg(long)]
+    allow_flood: bool,
 }
 
 pub fn run(args: AuditArgs) -> anyhow::Result<ExitCode> {
@@ -150,6 +153,7 @@ pub fn run(args: AuditArgs) -> anyhow::Result<ExitCode> {
         delivery_wait: args.delivery_wait.duration(),
         flood_max: args.flood_max,
         size_probe_max: args.size_probe_max,
+        allow_flood: args.allow_flood,
         config: config.clone(),
     };
     let mut shown = opts.clone();

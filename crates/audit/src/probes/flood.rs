@@ -2,7 +2,8 @@
 //! configured caps: simultaneous connections from one client (DM10) and
 //! connections per minute (DM11). Bounded: one more than the cap (or
 //! `--flood-max` when the cap is unknown), within a minute, and run last
-//! because a working limit makes the target refuse us for a while.
+//! because a working limit makes the target refuse us for a while. Against
+//! an MX that is not on loopback they run only with `--allow-flood`.
 
 use std::time::{Duration, Instant};
 
@@ -34,6 +35,10 @@ pub async fn run(ctx: &Ctx) -> Vec<Finding> {
     let Some(mx) = ctx.opts.mx else {
         return none_tested(PROBES, "no --mx given", Vec::new());
     };
+    if !mx.ip().is_loopback() && !ctx.opts.allow_flood {
+        let why = "floods run against a loopback MX only, unless --allow-flood (a working limit locks the audit host out for a while)";
+        return none_tested(PROBES, why, Vec::new());
+    }
     if let Some(why) = ctx.trusted_source() {
         return none_tested(PROBES, &why, Vec::new());
     }
