@@ -28,6 +28,12 @@ USER = "alice@example.test"
 FLOW1 = ["store-staff", "mx-1", "antivirus-1", "antispam-1"]
 
 
+def relay_outgoing_to(sink, text):
+    """The outgoing stage relays to `sink`, standing for the Internet."""
+    return text.replace(
+        "[stage.outgoing]\n", f'[stage.outgoing]\nrelay = ["127.0.0.1:{sink.port}"]\n', 1)
+
+
 def post_queue(text):
     """Cut-through off at the MX and the MSA (config/local.toml has it on):
     the content stages see the message after the 250, the path taken when
@@ -255,8 +261,7 @@ def test_spam_train_then_bayes_scores_in_the_stage(flow1, tmp_path):
 
 def test_outbound_spam_from_a_local_user_is_held_and_counted(arch_factory, sink):
     def edit(text):
-        return post_queue(text.replace(
-            "[stage.outgoing]\n", f'[stage.outgoing]\nrelay = ["127.0.0.1:{sink.port}"]\n', 1))
+        return post_queue(relay_outgoing_to(sink, text))
 
     arch = arch_factory(edit=edit)
     arch.add_user(USER)
@@ -299,8 +304,7 @@ def test_external_infected_sender_never_gets_a_bounce(arch_factory, sink):
     """Backscatter (SPEC §4): nothing leaves for the outside sender; the
     outgoing stage (relaying to a sink standing for the Internet) gets
     nothing, only the quarantine knows."""
-    arch = arch_factory(edit=lambda t: post_queue(t.replace(
-        "[stage.outgoing]\n", f'[stage.outgoing]\nrelay = ["127.0.0.1:{sink.port}"]\n', 1)))
+    arch = arch_factory(edit=lambda t: post_queue(relay_outgoing_to(sink, t)))
     arch.add_user(USER)
     arch.start(*FLOW1, "outgoing-1")
     msg, _ = new_message("infected from outside", body=f"{EICAR}\n")
@@ -385,8 +389,7 @@ def test_cut_through_refuses_spam_over_the_reject_threshold(arch_factory):
 def test_cut_through_refuses_outbound_spam_to_the_local_user(arch_factory, sink):
     """Flow 4: the compromised account's client is told at once (550); the
     held count still moves, nothing reaches the Internet or the quarantine."""
-    arch = arch_factory(edit=lambda t: cut_through()(t.replace(
-        "[stage.outgoing]\n", f'[stage.outgoing]\nrelay = ["127.0.0.1:{sink.port}"]\n', 1)))
+    arch = arch_factory(edit=lambda t: cut_through()(relay_outgoing_to(sink, t)))
     arch.add_user(USER)
     arch.start("store-staff", "msa-1", "antivirus-1", "antispam-1", "outgoing-1")
     clean, clean_id = new_message("report", sender=USER)
