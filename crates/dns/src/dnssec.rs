@@ -14,9 +14,9 @@ use std::path::Path;
 use std::sync::Arc;
 
 use hickory_resolver::net::{DnsError, NetError};
-pub use hickory_resolver::proto::rr::rdata::tlsa::{CertUsage, Matching, Selector, TLSA};
 use hickory_resolver::proto::dnssec::{Proof, PublicKey, TrustAnchors};
 use hickory_resolver::proto::op::ResponseCode;
+pub use hickory_resolver::proto::rr::rdata::tlsa::{CertUsage, Matching, Selector, TLSA};
 use hickory_resolver::proto::rr::{RData, Record, RecordType};
 use hickory_resolver::TokioResolver;
 
@@ -175,9 +175,9 @@ impl ValidatingResolver {
                     why: format!("answered {other}"),
                 }),
             },
-            Err(NetError::Dns(DnsError::DnssecBogus)) => {
-                Err(bogus("signatures do not verify from the trust anchors".into()))
-            }
+            Err(NetError::Dns(DnsError::DnssecBogus)) => Err(bogus(
+                "signatures do not verify from the trust anchors".into(),
+            )),
             Err(NetError::Dns(DnsError::Nsec { proof, .. })) => {
                 Err(bogus(format!("denial of existence is {proof}")))
             }

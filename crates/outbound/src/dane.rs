@@ -61,7 +61,10 @@ pub struct Dane {
 
 impl Dane {
     /// None when DANE is disabled in the configuration.
-    pub fn new(server: Option<SocketAddr>, settings: &DaneSettings) -> anyhow::Result<Option<Dane>> {
+    pub fn new(
+        server: Option<SocketAddr>,
+        settings: &DaneSettings,
+    ) -> anyhow::Result<Option<Dane>> {
         if !settings.enabled {
             return Ok(None);
         }
@@ -76,7 +79,10 @@ impl Dane {
     /// or a lab DNS without a root), every lookup outside the zones of
     /// `trust_anchor_file` will be bogus and mail to them deferred.
     pub async fn check_root(&self) -> Result<(), ValidationError> {
-        let v = self.dns.lookup(".", hickory_resolver::proto::rr::RecordType::DNSKEY).await?;
+        let v = self
+            .dns
+            .lookup(".", hickory_resolver::proto::rr::RecordType::DNSKEY)
+            .await?;
         if v.is_secure() && !v.value.is_empty() {
             Ok(())
         } else {
@@ -116,7 +122,12 @@ impl Dane {
         if !tlsa.is_secure() || tlsa.value.is_empty() {
             return Ok(HostDane::NoTlsa);
         }
-        let usable: Vec<Tlsa> = tlsa.value.iter().map(from_dns).filter(Tlsa::is_usable).collect();
+        let usable: Vec<Tlsa> = tlsa
+            .value
+            .iter()
+            .map(from_dns)
+            .filter(Tlsa::is_usable)
+            .collect();
         Ok(if usable.is_empty() {
             HostDane::Encrypt
         } else {
@@ -146,19 +157,13 @@ mod tests {
     #[test]
     fn tlsa_names_and_dns_records() {
         assert_eq!(tlsa_name("mx.example.org.", 25), "_25._tcp.mx.example.org");
-        let t = TLSA {
-            cert_usage: 3.into(),
-            selector: 1.into(),
-            matching: 1.into(),
-            cert_data: vec![7; 32],
-        };
-        let r = from_dns(&t);
+        let r = from_dns(&TLSA::new(3.into(), 1.into(), 1.into(), vec![7; 32]));
         assert_eq!((r.usage, r.selector, r.matching), (3, 1, 1));
         assert!(r.is_usable());
-        let pkix = from_dns(&TLSA {
-            cert_usage: 1.into(),
-            ..t
-        });
-        assert!(!pkix.is_usable(), "PKIX-EE is unusable for SMTP (RFC 7672 §3.1.3)");
+        let pkix = from_dns(&TLSA::new(1.into(), 1.into(), 1.into(), vec![7; 32]));
+        assert!(
+            !pkix.is_usable(),
+            "PKIX-EE is unusable for SMTP (RFC 7672 §3.1.3)"
+        );
     }
 }

@@ -5,10 +5,10 @@
 
 use std::sync::{Arc, OnceLock};
 
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::crypto::{ring, verify_tls12_signature, verify_tls13_signature, CryptoProvider};
 use aws_lc_rs::digest;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::client::{verify_server_cert_signed_by_trust_anchor, verify_server_name};
+use rustls::crypto::{ring, verify_tls12_signature, verify_tls13_signature, CryptoProvider};
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::server::ParsedCertificate;
 use rustls::{DigitallySignedStruct, SignatureScheme};
@@ -336,8 +336,11 @@ mod tests {
             ),
         ] {
             assert!(tlsa.is_usable());
-            check(&verifier(vec![tlsa.clone()], "mx.example"), &[der.clone()])
-                .unwrap_or_else(|e| panic!("{tlsa:?}: {e}"));
+            check(
+                &verifier(vec![tlsa.clone()], "mx.example"),
+                std::slice::from_ref(&der),
+            )
+            .unwrap_or_else(|e| panic!("{tlsa:?}: {e}"));
         }
         let mut wrong = spki_hash;
         wrong[0] ^= 1;
@@ -347,12 +350,24 @@ mod tests {
 
     #[test]
     fn usable_records_are_dane_ta_or_ee_with_known_fields() {
-        assert!(!rec(1, 1, 1, vec![0; 32]).is_usable(), "PKIX-EE: not for SMTP");
-        assert!(!rec(0, 0, 1, vec![0; 32]).is_usable(), "PKIX-TA: not for SMTP");
+        assert!(
+            !rec(1, 1, 1, vec![0; 32]).is_usable(),
+            "PKIX-EE: not for SMTP"
+        );
+        assert!(
+            !rec(0, 0, 1, vec![0; 32]).is_usable(),
+            "PKIX-TA: not for SMTP"
+        );
         assert!(!rec(3, 2, 1, vec![0; 32]).is_usable(), "unknown selector");
-        assert!(!rec(3, 1, 3, vec![0; 32]).is_usable(), "unknown matching type");
+        assert!(
+            !rec(3, 1, 3, vec![0; 32]).is_usable(),
+            "unknown matching type"
+        );
         assert!(!rec(3, 1, 1, vec![0; 31]).is_usable(), "short SHA-256");
-        assert!(!rec(2, 1, 2, vec![0; 32]).is_usable(), "SHA-512 of 32 bytes");
+        assert!(
+            !rec(2, 1, 2, vec![0; 32]).is_usable(),
+            "SHA-512 of 32 bytes"
+        );
         assert!(rec(2, 1, 2, vec![0; 64]).is_usable());
     }
 
