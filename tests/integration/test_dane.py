@@ -13,7 +13,6 @@ import hashlib
 import os
 import secrets
 import shutil
-import signal
 import socket
 import ssl
 import subprocess
@@ -24,7 +23,7 @@ from pathlib import Path
 import pytest
 
 from conftest import Architecture
-from dns import free_udp_tcp_port
+from dns import free_udp_tcp_port, stop_by_pid
 from test_outgoing import Sink, metrics, port_free_on, queue_list, submit, wait_for
 
 IPS = [f"127.0.0.{i}" for i in range(40, 48)]
@@ -140,13 +139,7 @@ zone:
                 time.sleep(0.05)
 
     def stop(self):
-        if self.proc.poll() is None:
-            os.kill(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                os.kill(self.proc.pid, signal.SIGKILL)
-                self.proc.wait()
+        stop_by_pid(self.proc)
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
@@ -185,7 +178,7 @@ def dane_world():
              "@ IN SOA ns.test. admin.test. 1 3600 600 86400 300",
              "@ IN NS ns.test.", "ns IN A 127.0.0.1",
              "plain IN NS ns.plain.test.", "ns.plain IN A 127.0.0.1"]  # unsigned child, no DS
-    for i, (name, rdata) in enumerate(tlsa.items()):
+    for name, rdata in tlsa.items():
         ip = IPS[list(sinks).index(name)]
         lines += [f"{name} IN MX 10 mx.{name}", f"mx.{name} IN A {ip}",
                   f"_{port}._tcp.mx.{name} IN TLSA {rdata}"]

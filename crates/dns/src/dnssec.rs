@@ -46,6 +46,16 @@ impl<T> Validated<T> {
     }
 }
 
+impl<T> Validated<Vec<T>> {
+    /// The records `f` keeps, with the same security.
+    fn filter_map<U>(self, f: impl FnMut(T) -> Option<U>) -> Validated<Vec<U>> {
+        Validated {
+            security: self.security,
+            value: self.value.into_iter().filter_map(f).collect(),
+        }
+    }
+}
+
 /// Why a validated lookup has no answer to use.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum ValidationError {
@@ -192,23 +202,16 @@ impl ValidatingResolver {
     /// The MX RRset of `domain` as (preference, exchange) pairs.
     pub async fn mx(&self, domain: &str) -> Result<Validated<Vec<(u16, String)>>, ValidationError> {
         let v = self.lookup(domain, RecordType::MX).await?;
-        Ok(Validated {
-            security: v.security,
-            value: v
-                .value
-                .into_iter()
-                .filter_map(|r| match r {
-                    RData::MX(mx) => Some((
-                        mx.preference,
-                        mx.exchange
-                            .to_ascii()
-                            .trim_end_matches('.')
-                            .to_ascii_lowercase(),
-                    )),
-                    _ => None,
-                })
-                .collect(),
-        })
+        Ok(v.filter_map(|r| match r {
+            RData::MX(mx) => Some((
+                mx.preference,
+                mx.exchange
+                    .to_ascii()
+                    .trim_end_matches('.')
+                    .to_ascii_lowercase(),
+            )),
+            _ => None,
+        }))
     }
 
     /// The A and AAAA records of `host`: secure only when both are.
@@ -235,17 +238,10 @@ impl ValidatingResolver {
     /// The TLSA RRset at `name` (e.g. `_25._tcp.mx.example.org`).
     pub async fn tlsa(&self, name: &str) -> Result<Validated<Vec<TLSA>>, ValidationError> {
         let v = self.lookup(name, RecordType::TLSA).await?;
-        Ok(Validated {
-            security: v.security,
-            value: v
-                .value
-                .into_iter()
-                .filter_map(|r| match r {
-                    RData::TLSA(t) => Some(t),
-                    _ => None,
-                })
-                .collect(),
-        })
+        Ok(v.filter_map(|r| match r {
+            RData::TLSA(t) => Some(t),
+            _ => None,
+        }))
     }
 }
 

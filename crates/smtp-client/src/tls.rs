@@ -26,18 +26,20 @@ fn provider() -> Arc<CryptoProvider> {
 /// connections.
 pub fn insecure_tls_config() -> Arc<rustls::ClientConfig> {
     static CONFIG: OnceLock<Arc<rustls::ClientConfig>> = OnceLock::new();
-    CONFIG
-        .get_or_init(|| {
-            let provider = provider();
-            let config = rustls::ClientConfig::builder_with_provider(provider.clone())
-                .with_safe_default_protocol_versions()
-                .expect("ring supports the default protocol versions")
-                .dangerous()
-                .with_custom_certificate_verifier(Arc::new(AcceptAnyCert(provider)))
-                .with_no_client_auth();
-            Arc::new(config)
-        })
-        .clone()
+    CONFIG.get_or_init(|| checking_config(None)).clone()
+}
+
+/// A client configuration whose certificate check is `dane` (None: any
+/// certificate).
+fn checking_config(dane: Option<Dane>) -> Arc<rustls::ClientConfig> {
+    let provider = provider();
+    let config = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .expect("ring supports the default protocol versions")
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(CertCheck { provider, dane }))
+        .with_no_client_auth();
+    Arc::new(config)
 }
 
 /// A client configuration that verifies the server certificate against
@@ -116,33 +118,21 @@ impl Tlsa {
 ///   the leaf must chain to it (validity dates checked) and be valid for
 ///   `host` (§3.1.2, §3.2.2).
 pub fn dane_tls_config(tlsa: Vec<Tlsa>, host: String) -> Arc<rustls::ClientConfig> {
-    let provider = provider();
-    let config = rustls::ClientConfig::builder_with_provider(provider.clone())
-        .with_safe_default_protocol_versions()
-        .expect("ring supports the default protocol versions")
-        .dangerous()
-        .with_custom_certificate_verifier(Arc::new(DaneVerifier {
-            signatures: AcceptAnyCert(provider),
-            tlsa,
-            host,
-        }))
-        .with_no_client_auth();
-    Arc::new(config)
+    checking_config(Some(Dane { tlsa, host }))
 }
 
 /// The text of the verifier's error when no record matches; callers
 /// recognise the failure by it (TLSRPT `tlsa-invalid`).
 pub const DANE_NO_MATCH: &str = "DANE: no TLSA record matches the server certificate chain";
 
+/// The TLSA side of a DANE connection.
 #[derive(Debug)]
-struct DaneVerifier {
-    /// Handshake signatures are checked like everywhere else.
-    signatures: AcceptAnyCert,
+struct Dane {
     tlsa: Vec<Tlsa>,
     host: String,
 }
 
-impl DaneVerifier {
+impl Dane {
     /// DANE-TA: `ta` (a certificate of the presented chain matching a
     /// usage-2 record) becomes the only trust anchor of a WebPKI check of
     /// the leaf, with the certificates sent before it as intermediates.
@@ -152,6 +142,7 @@ impl DaneVerifier {
         intermediates: &[CertificateDer<'_>],
         ta_index: usize,
         now: UnixTime,
+        provider: &CryptoProvider,
     ) -> Result<(), rustls::Error> {
         let mut roots = rustls::RootCertStore::empty();
         roots.add(intermediates[ta_index].clone().into_owned())?;
@@ -161,22 +152,20 @@ impl DaneVerifier {
             &roots,
             &intermediates[..ta_index],
             now,
-            self.signatures.0.signature_verification_algorithms.all,
+            provider.signature_verification_algorithms.all,
         )?;
         let name = ServerName::try_from(self.host.as_str())
             .map_err(|e| rustls::Error::General(format!("DANE: MX host name: {e}")))?;
         verify_server_name(&leaf, &name)
     }
-}
 
-impl ServerCertVerifier for DaneVerifier {
-    fn verify_server_cert(
+    /// RFC 7672 §3.1: the presented chain against the TLSA records.
+    fn verify(
         &self,
         end_entity: &CertificateDer<'_>,
         intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
         now: UnixTime,
+        provider: &CryptoProvider,
     ) -> Result<ServerCertVerified, rustls::Error> {
         // RFC 7672 §3.1.1: DANE-EE, the leaf itself.
         if self
@@ -198,50 +187,38 @@ impl ServerCertVerifier for DaneVerifier {
             {
                 continue;
             }
-            match self.verify_ta(end_entity, intermediates, i, now) {
+            match self.verify_ta(end_entity, intermediates, i, now, provider) {
                 Ok(()) => return Ok(ServerCertVerified::assertion()),
                 Err(e) => ta_error = Some(e),
             }
         }
         Err(ta_error.unwrap_or_else(|| rustls::Error::General(DANE_NO_MATCH.into())))
     }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.signatures.verify_tls12_signature(message, cert, dss)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.signatures.verify_tls13_signature(message, cert, dss)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.signatures.supported_verify_schemes()
-    }
 }
 
+/// The certificate check of the unverified and DANE configurations; the
+/// handshake signatures are verified against the presented certificate in
+/// both.
 #[derive(Debug)]
-struct AcceptAnyCert(Arc<CryptoProvider>);
+struct CertCheck {
+    provider: Arc<CryptoProvider>,
+    /// None: any certificate (opportunistic TLS, RFC 7435).
+    dane: Option<Dane>,
+}
 
-impl ServerCertVerifier for AcceptAnyCert {
+impl ServerCertVerifier for CertCheck {
     fn verify_server_cert(
         &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
         _server_name: &ServerName<'_>,
         _ocsp_response: &[u8],
-        _now: UnixTime,
+        now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
+        match &self.dane {
+            None => Ok(ServerCertVerified::assertion()),
+            Some(dane) => dane.verify(end_entity, intermediates, now, &self.provider),
+        }
     }
 
     fn verify_tls12_signature(
@@ -254,7 +231,7 @@ impl ServerCertVerifier for AcceptAnyCert {
             message,
             cert,
             dss,
-            &self.0.signature_verification_algorithms,
+            &self.provider.signature_verification_algorithms,
         )
     }
 
@@ -268,12 +245,14 @@ impl ServerCertVerifier for AcceptAnyCert {
             message,
             cert,
             dss,
-            &self.0.signature_verification_algorithms,
+            &self.provider.signature_verification_algorithms,
         )
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
     }
 }
 
@@ -294,15 +273,17 @@ mod tests {
             .to_vec()
     }
 
-    fn verifier(tlsa: Vec<Tlsa>, host: &str) -> DaneVerifier {
-        DaneVerifier {
-            signatures: AcceptAnyCert(provider()),
-            tlsa,
-            host: host.into(),
+    fn verifier(tlsa: Vec<Tlsa>, host: &str) -> CertCheck {
+        CertCheck {
+            provider: provider(),
+            dane: Some(Dane {
+                tlsa,
+                host: host.into(),
+            }),
         }
     }
 
-    fn check(v: &DaneVerifier, chain: &[CertificateDer<'static>]) -> Result<(), rustls::Error> {
+    fn check(v: &CertCheck, chain: &[CertificateDer<'static>]) -> Result<(), rustls::Error> {
         let name = ServerName::try_from("ignored.example").unwrap();
         v.verify_server_cert(&chain[0], &chain[1..], &name, &[], UnixTime::now())
             .map(|_| ())
