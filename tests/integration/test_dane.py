@@ -26,7 +26,7 @@ from conftest import Architecture
 from dns import free_udp_tcp_port, stop_by_pid
 from test_outgoing import Sink, metrics, port_free_on, queue_list, submit, wait_for
 
-IPS = [f"127.0.0.{i}" for i in range(40, 48)]
+IPS = [f"127.0.0.{i}" for i in range(40, 49)]
 
 
 def openssl(*args, input=None):
@@ -162,6 +162,7 @@ def dane_world():
         "bogusmx": Sink(IPS[5], port),
         "plain": Sink(IPS[6], port),
         "ta": Sink(IPS[7], port, tls=ta),
+        "cname": Sink(IPS[8], port, tls=ee),
     }
     good, wrong = spki_sha256(ee_pem), spki_sha256(other_pem)
     placeholder = secrets.token_hex(32)
@@ -182,6 +183,10 @@ def dane_world():
         ip = IPS[list(sinks).index(name)]
         lines += [f"{name} IN MX 10 mx.{name}", f"mx.{name} IN A {ip}",
                   f"_{port}._tcp.mx.{name} IN TLSA {rdata}"]
+    # RFC 7672 §2.2.3: a TLSA owner name that is a (secure) CNAME, to a
+    # record that does not match: only following it keeps the mail back.
+    lines += ["cname IN MX 10 mx.cname", f"mx.cname IN A {IPS[8]}",
+              f"_{port}._tcp.mx.cname IN CNAME tlsa.shared", f"tlsa.shared IN TLSA 3 1 1 {wrong}"]
     plain = "\n".join(["$ORIGIN plain.test.", "$TTL 300",
                        "@ IN SOA ns.plain.test. admin.test. 1 3600 600 86400 300",
                        "@ IN NS ns", "ns IN A 127.0.0.1", "@ IN MX 10 mx", f"mx IN A {IPS[6]}",
@@ -243,6 +248,14 @@ def test_dane_ta_record_delivers_through_the_private_ca(dane_world):
     arch, sinks, _ = dane_world
     assert wait_for(lambda: "user@ta.test" in sinks["ta"].rcpts())
     assert sinks["ta"].tls_sessions >= 1
+
+
+def test_tlsa_behind_a_secure_cname_is_followed(dane_world):
+    arch, sinks, port = dane_world
+    # Not followed, there would be no TLSA: opportunistic TLS would deliver.
+    assert wait_for(lambda: f"DANE: TLSA at _{port}._tcp.mx.cname.test" in arch.log("outgoing-1"))
+    assert "user@cname.test" in queue_list(arch)
+    assert never_sent(sinks["cname"])
 
 
 def test_unsigned_zone_is_opportunistic_and_its_tlsa_ignored(dane_world):
