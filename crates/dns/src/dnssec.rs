@@ -267,3 +267,40 @@ fn security_of<'a>(records: impl Iterator<Item = &'a Record>) -> Result<Security
         Err("an answer without records".into())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn anchor_file(name: &str, text: &str) -> std::path::PathBuf {
+        let path =
+            std::env::temp_dir().join(format!("palisade-anchor-{}-{name}", std::process::id()));
+        std::fs::write(&path, text).unwrap();
+        path
+    }
+
+    #[test]
+    fn trust_anchor_file_adds_dnskeys_to_the_root_ksks() {
+        let root = TrustAnchors::default();
+        assert_eq!(trust_anchors(None).unwrap().len(), root.len());
+        let path = anchor_file(
+            "dnskey",
+            "; the lab zone's KSK\ntest.\tIN\tDNSKEY\t257 3 13 kc87cGOEZ0uXZuRNLhW5ItJyLB9d/hjZlDGZ6OqetNyKsbbRSzV/VpdnBNzED+0UrHkNHQxGMB7M3SncooZuAA== ;{id = 39100 (ksk)}\n",
+        );
+        let anchors = trust_anchors(Some(&path)).unwrap();
+        // The root KSKs are still there, besides the lab key.
+        assert_eq!(anchors.len(), root.len());
+        assert!(anchors.contains(root.get(0).unwrap()));
+        let ds = anchor_file(
+            "ds",
+            "test.\tIN\tDS\t39100 13 2 d9ba421680ef2b80b147adadca05170931f2780fc23ce41f70ef09dd54c8d54c\n",
+        );
+        let err = trust_anchors(Some(&ds)).err().unwrap().to_string();
+        assert!(err.contains("DS records are not supported"), "{err}");
+        let missing = std::env::temp_dir().join("palisade-anchor-does-not-exist");
+        assert!(trust_anchors(Some(&missing)).is_err());
+        for p in [path, ds] {
+            let _ = std::fs::remove_file(p);
+        }
+    }
+}
