@@ -22,6 +22,8 @@ concurrency = 20
 smtp_port = 2626
 mta_sts = false
 per_domain_concurrency = 20
+[stage.outgoing.outbound.dane]
+enabled = false   # unsigned bench zones (dnsmasq), like Postfix's default "may"
 
 [node.outgoing-1]
 stage = "outgoing"

@@ -46,6 +46,17 @@ def txt_strings(value):
     return ",".join(f'"{p}"' for p in parts)
 
 
+def stop_by_pid(proc):
+    """SIGTERM to a server the test started, SIGKILL if it lingers."""
+    if proc.poll() is None:
+        os.kill(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            os.kill(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
 class DnsServer:
     def __init__(self, lines, local=("test",), broken=()):
         self.lines = list(lines)
@@ -84,13 +95,8 @@ class DnsServer:
         return self
 
     def __exit__(self, *exc):
-        if self.proc and self.proc.poll() is None:
-            os.kill(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                os.kill(self.proc.pid, signal.SIGKILL)
-                self.proc.wait()
+        if self.proc:
+            stop_by_pid(self.proc)
         shutil.rmtree(self.dir, ignore_errors=True)
 
     def query_log(self):

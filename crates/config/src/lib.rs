@@ -20,7 +20,7 @@ pub use content::{CutThroughSettings, ScannerUnavailable, SpamRule, SpamSettings
 pub use duration::Seconds;
 pub use mechanisms::*;
 pub use model::*;
-pub use outbound::{static_route, DkimKey, OutboundSettings, RequireTls, RouteTable};
+pub use outbound::{static_route, DaneSettings, DkimKey, OutboundSettings, RequireTls, RouteTable};
 
 use std::fmt;
 use std::path::{Path, PathBuf};

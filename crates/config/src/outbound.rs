@@ -12,6 +12,10 @@
 //! ca_file = "/etc/palisade/extra-ca.pem"  # trusted besides the WebPKI roots
 //! dsn_delay_after = "4h"             # "delayed" notice to the sender
 //!
+//! [stage.outgoing.outbound.dane]     # DANE (RFC 7672), DNSSEC validated here
+//! enabled = true
+//! trust_anchor_file = "/etc/palisade/lab-anchor.key"  # DNSKEYs trusted besides the root KSKs
+//!
 //! [[stage.outgoing.outbound.dkim]]
 //! domain = "example.test"
 //! selector = "s2026"
@@ -65,6 +69,9 @@ pub struct OutboundSettings {
     pub connect_timeout: Seconds,
     /// Timeout of each command reply (RFC 5321 §4.5.3.2 suggests 5 min).
     pub command_timeout: Seconds,
+    /// DANE for SMTP (RFC 7672): TLSA records of MX hosts, authenticated by
+    /// DNSSEC validation done by this node.
+    pub dane: DaneSettings,
 }
 
 impl Default for OutboundSettings {
@@ -81,6 +88,30 @@ impl Default for OutboundSettings {
             per_domain_rate: 0.0,
             connect_timeout: Seconds(30.0),
             command_timeout: Seconds(300.0),
+            dane: DaneSettings::default(),
+        }
+    }
+}
+
+/// `[stage.outgoing.outbound.dane]` (docs/outgoing.md, DANE).
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct DaneSettings {
+    /// Look up and enforce TLSA records of MX hosts in DNSSEC-signed zones.
+    /// Needs a `gateway.dns` resolver that passes DNSSEC records (DO bit:
+    /// RRSIG, DNSKEY, DS); answers are validated here, never taken on the
+    /// resolver's word (AD bit).
+    pub enabled: bool,
+    /// DNSKEY records (zone file syntax) trusted as anchors in addition to
+    /// the IANA root KSKs: a private signed zone, a lab or a test zone.
+    pub trust_anchor_file: Option<PathBuf>,
+}
+
+impl Default for DaneSettings {
+    fn default() -> Self {
+        DaneSettings {
+            enabled: true,
+            trust_anchor_file: None,
         }
     }
 }

@@ -4,6 +4,8 @@
 //! when there is no MX; null MX (RFC 7505) refused at once. A DNS
 //! tempfail (SERVFAIL, timeout) is never confused with "does not exist":
 //! it keeps the message queued.
+//!
+//! [`dnssec`]: lookups validated from trust anchors, for DANE (RFC 7672).
 
 use std::net::{IpAddr, SocketAddr};
 
@@ -12,8 +14,10 @@ use hickory_resolver::net::runtime::TokioRuntimeProvider;
 use hickory_resolver::net::{DnsError, NetError};
 use hickory_resolver::proto::op::ResponseCode;
 use hickory_resolver::proto::rr::{RData, RecordType};
-use hickory_resolver::TokioResolver;
+use hickory_resolver::{ResolverBuilder, TokioResolver};
 use rand::seq::SliceRandom;
+
+pub mod dnssec;
 
 /// One mail exchanger and its addresses, in the order to try them.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -60,37 +64,13 @@ impl DnsResolver {
     /// A resolver asking `server` (the config's `gateway.dns`), or the
     /// system's resolvers when None.
     pub fn new(server: Option<SocketAddr>) -> anyhow::Result<DnsResolver> {
-        let provider = TokioRuntimeProvider::default();
-        let mut builder = match server {
-            Some(addr) => {
-                let mut udp = ConnectionConfig::udp();
-                udp.port = addr.port();
-                let mut tcp = ConnectionConfig::tcp();
-                tcp.port = addr.port();
-                let ns = NameServerConfig::new(addr.ip(), true, vec![udp, tcp]);
-                TokioResolver::builder_with_config(
-                    ResolverConfig::from_parts(None, vec![], vec![ns]),
-                    provider,
-                )
-            }
-            None => TokioResolver::builder(provider)?,
-        };
-        let opts: &mut ResolverOpts = builder.options_mut();
-        opts.timeout = std::time::Duration::from_secs(5);
-        opts.attempts = 2;
-        // Names are always absolute here: never try search domains.
-        opts.ndots = 0;
         Ok(DnsResolver {
-            inner: builder.build()?,
+            inner: resolver_builder(server)?.build()?,
         })
     }
 
     async fn ask(&self, name: &str, rtype: RecordType) -> Result<Answer, ResolveError> {
-        let fqdn = if name.ends_with('.') {
-            name.to_string()
-        } else {
-            format!("{name}.")
-        };
+        let fqdn = fqdn(name);
         match self.inner.lookup(fqdn.as_str(), rtype).await {
             Ok(l) => Ok(Answer::Records(
                 l.answers()
@@ -211,6 +191,44 @@ impl DnsResolver {
             (true, None) => Err(ResolveError::NoSuchDomain(domain)),
             _ => Ok(hosts),
         }
+    }
+}
+
+/// The resolver both [`DnsResolver`] and [`dnssec::ValidatingResolver`]
+/// start from: `server` (the config's `gateway.dns`) over UDP and TCP, or
+/// the system's resolvers; absolute names only.
+pub(crate) fn resolver_builder(
+    server: Option<SocketAddr>,
+) -> anyhow::Result<ResolverBuilder<TokioRuntimeProvider>> {
+    let provider = TokioRuntimeProvider::default();
+    let mut builder = match server {
+        Some(addr) => {
+            let mut udp = ConnectionConfig::udp();
+            udp.port = addr.port();
+            let mut tcp = ConnectionConfig::tcp();
+            tcp.port = addr.port();
+            let ns = NameServerConfig::new(addr.ip(), true, vec![udp, tcp]);
+            TokioResolver::builder_with_config(
+                ResolverConfig::from_parts(None, vec![], vec![ns]),
+                provider,
+            )
+        }
+        None => TokioResolver::builder(provider)?,
+    };
+    let opts: &mut ResolverOpts = builder.options_mut();
+    opts.timeout = std::time::Duration::from_secs(5);
+    opts.attempts = 2;
+    // Names are always absolute here: never try search domains.
+    opts.ndots = 0;
+    Ok(builder)
+}
+
+/// `name` with its trailing dot.
+pub(crate) fn fqdn(name: &str) -> String {
+    if name.ends_with('.') {
+        name.to_string()
+    } else {
+        format!("{name}.")
     }
 }
 

@@ -31,7 +31,8 @@ use palisade_queue::{
     ClientInfo, Envelope, NewMessage, NewRecipient, Outcome, Queue, QueueId, RcptStatus,
 };
 use palisade_smtp_client::{
-    insecure_tls_config, ClientConfig, ClientError, Connection, TlsMode, Transaction, TxResult,
+    dane_tls_config, insecure_tls_config, ClientConfig, ClientError, Connection, TlsMode, Tlsa,
+    Transaction, TxResult,
 };
 use palisade_stage::received::{received_header, Hop};
 use palisade_stage::NodeContext;
@@ -41,11 +42,14 @@ use tracing::{info, warn};
 use crate::bounce::{
     self, classify_client_error, classify_reply, classify_resolve_error, Classified,
 };
+use crate::dane::{tlsa_name, Dane, HostDane};
 use crate::dkim::{from_domain, DkimSigners, REVERIFY_EVERY};
 use crate::dsn::{self, DsnInput, DsnKind, DsnRecipient};
 use crate::mta_sts::{Mode as StsMode, StsCache};
 use crate::resolve::DnsResolver;
-use crate::tls_policy::{tlsrpt_result, verified_tls, TlsPolicies, TlsPolicy};
+use crate::tls_policy::{
+    tlsrpt_result, verified_tls, DaneFailure, TlsPolicies, TlsPolicy, DANE_LABEL,
+};
 
 /// Idle pooled connections older than this are closed rather than reused.
 const IDLE_REUSE_LIMIT: Duration = Duration::from_secs(20);
@@ -62,6 +66,9 @@ enum HostTls {
     Required,
     /// STARTTLS required, certificate verified against this host name.
     Verified(String),
+    /// STARTTLS required, certificate matched against the TLSA records of
+    /// this MX host (DANE, RFC 7672).
+    Dane { host: String, tlsa: Vec<Tlsa> },
 }
 
 /// Idle connections by (remote address, TLS terms), with when each was parked.
@@ -143,6 +150,7 @@ impl Deliverer {
                 o.mta_sts_port,
             )
         });
+        let dane = Dane::new(ctx.config.gateway.dns, &o.dane)?;
         let delay_notified_file = node_dir.join("delay-notified");
         let delay_notified = std::fs::read_to_string(&delay_notified_file)
             .unwrap_or_default()
@@ -155,7 +163,7 @@ impl Deliverer {
             queue,
             settings,
             dns,
-            tls: TlsPolicies::new(sts),
+            tls: TlsPolicies::new(sts, dane),
             dkim,
             client,
             verified,
@@ -173,6 +181,18 @@ impl Deliverer {
 
     /// Runs forever: every due message gets a delivery attempt.
     pub async fn run(self: Arc<Self>) {
+        if let Some(dane) = self.tls.dane().cloned() {
+            tokio::spawn(async move {
+                if let Err(e) = dane.check_root().await {
+                    warn!(
+                        "DANE: {e}: the DNS server (gateway.dns) does not give validatable DNSSEC \
+                         answers; mail to MX domains outside the zones of dane.trust_anchor_file \
+                         will be deferred (set [stage.outgoing.outbound.dane] enabled = false \
+                         to deliver without DANE)"
+                    );
+                }
+            });
+        }
         if !self.dkim.is_empty() {
             let me = self.clone();
             tokio::spawn(async move {
@@ -442,6 +462,10 @@ impl Deliverer {
             Route::Mx { domain } => match self.dns.mail_exchangers(domain).await {
                 Ok(hosts) => {
                     let port = self.outbound().smtp_port;
+                    let policy = match self.mx_tls_policy(id, domain, &hosts, port).await {
+                        Ok(p) => p,
+                        Err(deferred) => return all(deferred),
+                    };
                     (
                         hosts
                             .iter()
@@ -452,7 +476,7 @@ impl Deliverer {
                                 })
                             })
                             .collect(),
-                        self.tls_policy(domain, true).await,
+                        policy,
                     )
                 }
                 Err(e) => {
@@ -488,6 +512,36 @@ impl Deliverer {
                 TlsPolicy::Opportunistic => HostTls::Opportunistic,
                 TlsPolicy::Required { verify: false, .. } => HostTls::Required,
                 TlsPolicy::Required { verify: true, .. } => HostTls::Verified(c.name.clone()),
+                TlsPolicy::Dane(d) => match d.host(&c.name) {
+                    // RFC 7672 §2.2.1: not a host of the secure MX RRset.
+                    None => {
+                        let why = format!(
+                            "host {}[{}] is not in the domain's DNSSEC-signed MX records (DANE)",
+                            c.name, c.addr
+                        );
+                        warn!("{id}: {why}; not used");
+                        last = Some((classify_client_error(&ClientError::TlsRequired), why));
+                        continue;
+                    }
+                    // §2.2: a failed TLSA (or address) lookup: not this host.
+                    Some(Err(e)) => {
+                        self.count_tls_result(DANE_LABEL, "dnssec-invalid");
+                        let why = format!("host {}[{}]: {e} (DANE)", c.name, c.addr);
+                        warn!("{id}: {why}; not used");
+                        last = Some((dnssec_failure(&dest, e), why));
+                        continue;
+                    }
+                    Some(Ok(HostDane::Authenticate(tlsa))) => HostTls::Dane {
+                        host: c.name.trim_end_matches('.').to_ascii_lowercase(),
+                        tlsa: tlsa.clone(),
+                    },
+                    // No usable TLSA record, or none at all: still never
+                    // in plaintext in a DANE domain.
+                    Some(Ok(HostDane::Encrypt | HostDane::NoTlsa)) if !d.verify_others => {
+                        HostTls::Required
+                    }
+                    Some(Ok(_)) => HostTls::Verified(c.name.clone()),
+                },
                 TlsPolicy::Sts(p) => {
                     if !p.allows_mx(&c.name) {
                         // RFC 8461 §4.1: enforce = never this host;
@@ -508,10 +562,10 @@ impl Deliverer {
                 }
             };
             let mut outcome = self.try_host(c.addr, &tls, &tx).await;
-            if let (
-                Err(e @ (ClientError::Tls(_) | ClientError::TlsRequired)),
-                HostTls::Verified(_),
-            ) = (&outcome, &tls)
+            let checked = matches!(tls, HostTls::Verified(_) | HostTls::Dane { .. })
+                || matches!(policy, TlsPolicy::Dane(_));
+            if let (Err(e @ (ClientError::Tls(_) | ClientError::TlsRequired)), true) =
+                (&outcome, checked)
             {
                 self.count_tls_failure(&policy, tlsrpt_result(e));
                 if matches!(&policy, TlsPolicy::Sts(p) if p.mode == StsMode::Testing) {
@@ -556,6 +610,18 @@ impl Deliverer {
                         (ClientError::Tls(_), TlsPolicy::Sts(_)) => format!(
                             "host {}[{}]: {e} (certificate required by the domain's MTA-STS policy)",
                             c.name, c.addr
+                        ),
+                        (ClientError::TlsRequired, TlsPolicy::Dane(_)) => format!(
+                            "host {}[{}] does not offer STARTTLS, required by DANE (TLSA at {})",
+                            c.name,
+                            c.addr,
+                            tlsa_name(&c.name, c.addr.port())
+                        ),
+                        (ClientError::Tls(_), TlsPolicy::Dane(_)) => format!(
+                            "host {}[{}]: {e} (DANE: TLSA at {})",
+                            c.name,
+                            c.addr,
+                            tlsa_name(&c.name, c.addr.port())
                         ),
                         _ => format!("host {}[{}]: {e}", c.name, c.addr),
                     };
@@ -604,12 +670,46 @@ impl Deliverer {
         policy
     }
 
+    /// The TLS policy of an MX-routed domain: DANE when it applies
+    /// (RFC 7672; before MTA-STS, RFC 8461 §2), else the configuration's
+    /// and MTA-STS's. Err: the domain's DNSSEC lookups failed, every
+    /// recipient is deferred with this outcome (RFC 7672 §2.1).
+    async fn mx_tls_policy(
+        &self,
+        id: QueueId,
+        domain: &str,
+        hosts: &[crate::resolve::MxHost],
+        port: u16,
+    ) -> Result<TlsPolicy, Outcome> {
+        let names: Vec<&str> = hosts.iter().map(|h| h.name.as_str()).collect();
+        match self
+            .tls
+            .dane_policy(domain, self.outbound(), &names, port)
+            .await
+        {
+            Ok(Some(dane)) => Ok(TlsPolicy::Dane(dane)),
+            Ok(None) => Ok(self.tls_policy(domain, true).await),
+            Err(DaneFailure(e)) => {
+                self.count_tls_result(DANE_LABEL, "dnssec-invalid");
+                let why = format!("{e} (DANE: MX records of {domain})");
+                warn!("{id}: {why}; kept queued");
+                let cl = dnssec_failure(domain, &e.to_string());
+                self.count_bounce(&cl);
+                Err(Outcome::Deferred(bounce::tag(&cl, &why)))
+            }
+        }
+    }
+
     /// TLSRPT-style failure counter (RFC 8460 result types) by policy.
     fn count_tls_failure(&self, policy: &TlsPolicy, result: &str) {
+        self.count_tls_result(policy.label(), result);
+    }
+
+    fn count_tls_result(&self, policy: &str, result: &str) {
         self.ctx.metrics.inc(
             "palisade_tls_failures_total",
             "Failed TLS policy checks towards remote MX hosts (TLSRPT result types).",
-            &[("policy", policy.label()), ("result", result)],
+            &[("policy", policy), ("result", result)],
         );
     }
 
@@ -647,6 +747,12 @@ impl Deliverer {
                 cfg.tls_mode = TlsMode::Required;
                 cfg.tls = Some(self.verified.clone());
                 cfg.server_name = Some(name.trim_end_matches('.').to_string());
+            }
+            HostTls::Dane { host, tlsa } => {
+                cfg.tls_mode = TlsMode::Required;
+                cfg.tls = Some(dane_tls_config(tlsa.clone(), host.clone()));
+                // RFC 7672 §8.1: SNI with the TLSA base domain.
+                cfg.server_name = Some(host.clone());
             }
         }
         let tls_required = *tls != HostTls::Opportunistic;
@@ -878,6 +984,15 @@ impl Deliverer {
         // never reused) and the set is rebuilt at each start.
         self.delay_notified.lock().unwrap().remove(&id);
     }
+}
+
+/// A DNSSEC failure (bogus, indeterminate, or no answer) as a temporary
+/// DNS failure of the receiver: the message stays queued.
+fn dnssec_failure(name: &str, why: &str) -> Classified {
+    classify_resolve_error(&crate::resolve::ResolveError::Temporary {
+        name: name.into(),
+        why: why.into(),
+    })
 }
 
 /// The reply that makes a whole transaction worth retrying on the next

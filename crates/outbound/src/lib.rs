@@ -4,7 +4,8 @@
 //! | module | job |
 //! |---|---|
 //! | [`resolve`] | MX / implicit MX / null MX resolution with hickory-resolver |
-//! | [`tls_policy`] | opportunistic STARTTLS, per-domain require-TLS (optionally verified), MTA-STS |
+//! | [`tls_policy`] | opportunistic STARTTLS, per-domain require-TLS (optionally verified), MTA-STS, DANE |
+//! | [`dane`] | RFC 7672: DNSSEC-validated MX and TLSA lookups for DANE |
 //! | [`mta_sts`] | RFC 8461: TXT discovery, verified HTTPS policy fetch, parsing, persisted cache |
 //! | [`dkim`] | DKIM signing, key generation, rotation by DNS verification |
 //! | [`bounce`] | classification of replies into the bounce study's root causes |
@@ -12,6 +13,7 @@
 //! | [`deliver`] | the delivery loop on the durable queue |
 
 pub mod bounce;
+pub mod dane;
 pub mod deliver;
 pub mod dkim;
 pub mod dsn;

@@ -1,5 +1,12 @@
 //! TLS policy towards a destination domain, strictest rule first:
 //!
+//! 0. DANE (RFC 7672, crate::dane), when the domain's MX RRset is
+//!    DNSSEC-secure and at least one of its MX hosts has a secure TLSA
+//!    RRset: it takes precedence over MTA-STS (RFC 8461 §2) and over the
+//!    configuration. Hosts with usable TLSA records get STARTTLS with the
+//!    certificate matched against them; every other host of the domain
+//!    still gets STARTTLS or nothing (no plaintext fallback to a host
+//!    without TLSA), verified when `require_tls` says `verify`.
 //! 1. `require_tls` in the config: STARTTLS or nothing (never a plaintext
 //!    fallback); with `verify = true` the certificate must also verify
 //!    against the MX host name.
@@ -12,12 +19,15 @@
 //! Verified TLS trusts the WebPKI roots (webpki-root-certs) plus the
 //! optional `outbound.ca_file`.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use palisade_config::OutboundSettings;
-use palisade_smtp_client::{verifying_tls_config, ClientError};
+use palisade_smtp_client::{verifying_tls_config, ClientError, DANE_NO_MATCH};
 
+use crate::dane::{Dane, DomainDane, HostDane};
 use crate::mta_sts::{FetchFailure, Mode, Policy, StsCache};
+use crate::resolve::dnssec::ValidationError;
 use crate::resolve::DnsResolver;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -29,7 +39,34 @@ pub enum TlsPolicy {
     Required { why: String, verify: bool },
     /// The domain's MTA-STS policy in `enforce` or `testing` mode.
     Sts(Policy),
+    /// DANE governs the domain (RFC 7672).
+    Dane(DanePolicy),
 }
+
+/// The DANE verdict for each authenticated MX host of a domain.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DanePolicy {
+    /// By MX host name (lower case): its TLSA policy, or why its DNSSEC
+    /// lookups failed (the host is then not used, RFC 7672 §2.2).
+    pub hosts: HashMap<String, Result<HostDane, String>>,
+    /// `require_tls` with `verify` for the domain: hosts without TLSA
+    /// records must then present a WebPKI-valid certificate.
+    pub verify_others: bool,
+}
+
+impl DanePolicy {
+    /// The verdict for `host`; None when it is not an MX host of the
+    /// secure MX RRset (RFC 7672 §2.2.1: such a host is never used).
+    pub fn host(&self, host: &str) -> Option<&Result<HostDane, String>> {
+        self.hosts
+            .get(host.trim_end_matches('.').to_ascii_lowercase().as_str())
+    }
+}
+
+/// A DANE lookup that failed for the whole domain: its MX RRset is bogus
+/// or could not be fetched (RFC 7672 §2.1: the message stays queued).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DaneFailure(pub ValidationError);
 
 impl TlsPolicy {
     /// The metrics label of the rule (TLSRPT-style failure counters).
@@ -39,18 +76,64 @@ impl TlsPolicy {
             TlsPolicy::Required { .. } => "require-tls",
             TlsPolicy::Sts(p) if p.mode == Mode::Enforce => "mta-sts-enforce",
             TlsPolicy::Sts(_) => "mta-sts-testing",
+            TlsPolicy::Dane(_) => DANE_LABEL,
         }
     }
 }
 
+/// The metrics label of DANE failures, also before a policy exists.
+pub const DANE_LABEL: &str = "dane";
+
 pub struct TlsPolicies {
     sts: Option<StsCache>,
+    dane: Option<Dane>,
 }
 
 impl TlsPolicies {
-    /// `sts`: the MTA-STS cache, None when `outbound.mta_sts = false`.
-    pub fn new(sts: Option<StsCache>) -> TlsPolicies {
-        TlsPolicies { sts }
+    /// `sts`: the MTA-STS cache, None when `outbound.mta_sts = false`;
+    /// `dane`: None when `outbound.dane.enabled = false`.
+    pub fn new(sts: Option<StsCache>, dane: Option<Dane>) -> TlsPolicies {
+        TlsPolicies { sts, dane }
+    }
+
+    pub fn dane(&self) -> Option<&Dane> {
+        self.dane.as_ref()
+    }
+
+    /// RFC 7672: the DANE policy of `domain` whose MX hosts (from the
+    /// ordinary lookup) are `mx_hosts`, reached on `port`. Ok(None): DANE
+    /// does not apply (DANE disabled, unsigned MX RRset, or no MX host
+    /// with TLSA records).
+    pub async fn dane_policy(
+        &self,
+        domain: &str,
+        settings: &OutboundSettings,
+        mx_hosts: &[&str],
+        port: u16,
+    ) -> Result<Option<DanePolicy>, DaneFailure> {
+        let Some(dane) = &self.dane else {
+            return Ok(None);
+        };
+        let secure_hosts = match dane.domain(domain).await.map_err(DaneFailure)? {
+            DomainDane::Insecure => return Ok(None),
+            DomainDane::Secure(hosts) => hosts,
+        };
+        let mut hosts = HashMap::new();
+        for name in mx_hosts {
+            let name = name.trim_end_matches('.').to_ascii_lowercase();
+            if hosts.contains_key(&name) || !secure_hosts.contains(&name) {
+                continue;
+            }
+            let verdict = dane.host(&name, port).await.map_err(|e| e.to_string());
+            hosts.insert(name, verdict);
+        }
+        // DANE governs the domain once one MX host has a TLSA RRset (or
+        // could have one: a failed lookup is not "no TLSA").
+        let has_tlsa = hosts.values().any(|v| !matches!(v, Ok(HostDane::NoTlsa)));
+        Ok(has_tlsa.then(|| DanePolicy {
+            hosts,
+            verify_others: settings.requires_tls(domain) == Some(true),
+        }))
     }
 
     /// The policy for `domain`; `mx_route` is false for static routes and
@@ -108,7 +191,10 @@ pub fn tlsrpt_result(e: &ClientError) -> &'static str {
         _ => return "validation-failure",
     };
     let has = |words: &[&str]| words.iter().any(|w| why.contains(w));
-    if has(&["not valid for name", "notvalidforname"]) {
+    if why.contains(&DANE_NO_MATCH.to_ascii_lowercase()) {
+        // RFC 8460 §4.3.2: none of the TLSA records matched.
+        "tlsa-invalid"
+    } else if has(&["not valid for name", "notvalidforname"]) {
         "certificate-host-mismatch"
     } else if has(&["expired"]) {
         "certificate-expired"
@@ -139,6 +225,10 @@ mod tests {
         assert_eq!(
             tlsrpt_result(&tls("invalid peer certificate: certificate expired: ...")),
             "certificate-expired"
+        );
+        assert_eq!(
+            tlsrpt_result(&tls(&format!("unexpected error: {DANE_NO_MATCH}"))),
+            "tlsa-invalid"
         );
         assert_eq!(
             tlsrpt_result(&ClientError::TlsRequired),

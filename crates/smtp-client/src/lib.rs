@@ -27,7 +27,7 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 pub use ext::Extensions;
-pub use tls::{insecure_tls_config, verifying_tls_config};
+pub use tls::{dane_tls_config, insecure_tls_config, verifying_tls_config, Tlsa, DANE_NO_MATCH};
 
 /// Longest reply line accepted, CRLF excluded.
 const MAX_LINE: usize = 4096;
