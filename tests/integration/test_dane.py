@@ -26,7 +26,7 @@ from conftest import Architecture
 from dns import free_udp_tcp_port, stop_by_pid
 from test_outgoing import Sink, metrics, port_free_on, queue_list, submit, wait_for
 
-IPS = [f"127.0.0.{i}" for i in range(40, 49)]
+IPS = [f"127.0.0.{i}" for i in range(40, 51)]
 
 
 def openssl(*args, input=None):
@@ -163,6 +163,8 @@ def dane_world():
         "plain": Sink(IPS[6], port),
         "ta": Sink(IPS[7], port, tls=ta),
         "cname": Sink(IPS[8], port, tls=ee),
+        "mixed1": Sink(IPS[9], port, tls=ee),
+        "mixed2": Sink(IPS[10], port),
     }
     good, wrong = spki_sha256(ee_pem), spki_sha256(other_pem)
     placeholder = secrets.token_hex(32)
@@ -187,6 +189,12 @@ def dane_world():
     # record that does not match: only following it keeps the mail back.
     lines += ["cname IN MX 10 mx.cname", f"mx.cname IN A {IPS[8]}",
               f"_{port}._tcp.mx.cname IN CNAME tlsa.shared", f"tlsa.shared IN TLSA 3 1 1 {wrong}"]
+    # A DANE primary whose key does not match and a secondary with no TLSA
+    # records at all: RFC 7672 §2.2 gives the secondary pre-DANE
+    # (opportunistic) TLS, as Postfix's `dane` level does.
+    lines += ["mixed IN MX 10 mx1.mixed", "mixed IN MX 20 mx2.mixed",
+              f"mx1.mixed IN A {IPS[9]}", f"mx2.mixed IN A {IPS[10]}",
+              f"_{port}._tcp.mx1.mixed IN TLSA 3 1 1 {wrong}"]
     plain = "\n".join(["$ORIGIN plain.test.", "$TTL 300",
                        "@ IN SOA ns.plain.test. admin.test. 1 3600 600 86400 300",
                        "@ IN NS ns", "ns IN A 127.0.0.1", "@ IN MX 10 mx", f"mx IN A {IPS[6]}",
@@ -216,7 +224,9 @@ dsn_delay_after = "0s"
     arch = Architecture(workdir, edit=edit)
     arch.start("outgoing-1")
     for name in sinks:
-        submit(arch, [f"user@{name}.test"])
+        if not name.startswith("mixed"):
+            submit(arch, [f"user@{name}.test"])
+    submit(arch, ["user@mixed.test"])
     yield arch, sinks, port
     arch.stop_all()
     for s in sinks.values():
@@ -256,6 +266,14 @@ def test_tlsa_behind_a_secure_cname_is_followed(dane_world):
     assert wait_for(lambda: f"DANE: TLSA at _{port}._tcp.mx.cname.test" in arch.log("outgoing-1"))
     assert "user@cname.test" in queue_list(arch)
     assert never_sent(sinks["cname"])
+
+
+def test_mx_host_without_tlsa_gets_opportunistic_tls(dane_world):
+    arch, sinks, port = dane_world
+    # mx1.mixed has a TLSA record its key does not match: never used.
+    assert wait_for(lambda: "user@mixed.test" in sinks["mixed2"].rcpts())
+    assert never_sent(sinks["mixed1"])
+    assert sinks["mixed2"].tls_sessions == 0
 
 
 def test_unsigned_zone_is_opportunistic_and_its_tlsa_ignored(dane_world):

@@ -535,11 +535,12 @@ impl Deliverer {
                         host: c.name.trim_end_matches('.').to_ascii_lowercase(),
                         tlsa: tlsa.clone(),
                     },
-                    // No usable TLSA record, or none at all: still never
-                    // in plaintext in a DANE domain.
-                    Some(Ok(HostDane::Encrypt | HostDane::NoTlsa)) if !d.verify_others => {
-                        HostTls::Required
-                    }
+                    // A TLSA RRset with no usable record: TLS mandatory,
+                    // the certificate not checked ("encrypt", §2.2).
+                    Some(Ok(HostDane::Encrypt)) if d.require_tls != Some(true) => HostTls::Required,
+                    // No TLSA for this host: pre-DANE TLS for it (§2.2).
+                    Some(Ok(HostDane::NoTlsa)) if d.require_tls.is_none() => HostTls::Opportunistic,
+                    Some(Ok(HostDane::NoTlsa)) if d.require_tls == Some(false) => HostTls::Required,
                     Some(Ok(_)) => HostTls::Verified(c.name.clone()),
                 },
                 TlsPolicy::Sts(p) => {
@@ -563,7 +564,7 @@ impl Deliverer {
             };
             let mut outcome = self.try_host(c.addr, &tls, &tx).await;
             let checked = matches!(tls, HostTls::Verified(_) | HostTls::Dane { .. })
-                || matches!(policy, TlsPolicy::Dane(_));
+                || matches!((&policy, &tls), (TlsPolicy::Dane(_), HostTls::Required));
             if let (Err(e @ (ClientError::Tls(_) | ClientError::TlsRequired)), true) =
                 (&outcome, checked)
             {

@@ -4,9 +4,10 @@
 //!    DNSSEC-secure and at least one of its MX hosts has a secure TLSA
 //!    RRset: it takes precedence over MTA-STS (RFC 8461 §2) and over the
 //!    configuration. Hosts with usable TLSA records get STARTTLS with the
-//!    certificate matched against them; every other host of the domain
-//!    still gets STARTTLS or nothing (no plaintext fallback to a host
-//!    without TLSA), verified when `require_tls` says `verify`.
+//!    certificate matched against them, hosts with only unusable records
+//!    STARTTLS unchecked; a host without TLSA gets what the domain would
+//!    get without DANE from `require_tls`, else opportunistic STARTTLS
+//!    (RFC 7672 §2.2, as Postfix's `dane` level).
 //! 1. `require_tls` in the config: STARTTLS or nothing (never a plaintext
 //!    fallback); with `verify = true` the certificate must also verify
 //!    against the MX host name.
@@ -49,9 +50,9 @@ pub struct DanePolicy {
     /// By MX host name (lower case): its TLSA policy, or why its DNSSEC
     /// lookups failed (the host is then not used, RFC 7672 §2.2).
     pub hosts: HashMap<String, Result<HostDane, String>>,
-    /// `require_tls` with `verify` for the domain: hosts without TLSA
-    /// records must then present a WebPKI-valid certificate.
-    pub verify_others: bool,
+    /// `require_tls` for the domain (Some(verify)): what hosts without
+    /// usable TLSA records get instead of opportunistic STARTTLS.
+    pub require_tls: Option<bool>,
 }
 
 impl DanePolicy {
@@ -132,7 +133,7 @@ impl TlsPolicies {
         let has_tlsa = hosts.values().any(|v| !matches!(v, Ok(HostDane::NoTlsa)));
         Ok(has_tlsa.then(|| DanePolicy {
             hosts,
-            verify_others: settings.requires_tls(domain) == Some(true),
+            require_tls: settings.requires_tls(domain),
         }))
     }
 
