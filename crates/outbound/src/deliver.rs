@@ -23,7 +23,7 @@ use std::io::Write;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant, SystemTime};
 
 use palisade_config::{static_route, NextHop, OutboundSettings, StageKind, StageSettings};
@@ -36,7 +36,7 @@ use palisade_smtp_client::{
 use palisade_stage::received::{received_header, Hop};
 use palisade_stage::NodeContext;
 use tokio::sync::Semaphore;
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 use crate::bounce::{
     self, classify_client_error, classify_reply, classify_resolve_error, Classified,
@@ -103,7 +103,9 @@ pub struct Deliverer {
     settings: StageSettings,
     dns: DnsResolver,
     tls: TlsPolicies,
-    dkim: DkimSigners,
+    /// The signing keys, replaced whole by a reload (SIGHUP): each message
+    /// is signed with the set in force when it is prepared.
+    dkim: RwLock<Arc<DkimSigners>>,
     client: ClientConfig,
     /// Verified TLS: WebPKI roots plus `outbound.ca_file`.
     verified: Arc<rustls::ClientConfig>,
@@ -122,7 +124,7 @@ impl Deliverer {
         let settings = ctx.settings();
         let o = &settings.outbound;
         let dns = DnsResolver::new(ctx.config.gateway.dns)?;
-        let dkim = DkimSigners::load(&o.dkim)?;
+        let dkim = RwLock::new(Arc::new(DkimSigners::load(&o.dkim)?));
         let client = ClientConfig {
             helo_name: ctx.config.gateway.hostname.clone(),
             tls_mode: TlsMode::Opportunistic,
@@ -141,6 +143,7 @@ impl Deliverer {
                 node_dir.join("mta-sts.json"),
                 verified.clone(),
                 o.mta_sts_port,
+                o.mta_sts_recheck.duration(),
             )
         });
         let delay_notified_file = node_dir.join("delay-notified");
@@ -149,7 +152,7 @@ impl Deliverer {
             .lines()
             .filter_map(|l| l.trim().parse().ok())
             .collect();
-        Ok(Arc::new(Deliverer {
+        let deliverer = Arc::new(Deliverer {
             slots: Arc::new(Semaphore::new(settings.queue.concurrency.max(1))),
             ctx,
             queue,
@@ -164,7 +167,36 @@ impl Deliverer {
             next_start: Mutex::default(),
             delay_notified: Mutex::new(delay_notified),
             delay_notified_file,
-        }))
+        });
+        let me = Arc::downgrade(&deliverer);
+        deliverer.ctx.on_reload.register(move |config| {
+            if let Some(me) = me.upgrade() {
+                me.reload_dkim(config);
+            }
+        });
+        Ok(deliverer)
+    }
+
+    fn dkim(&self) -> Arc<DkimSigners> {
+        self.dkim.read().unwrap().clone()
+    }
+
+    /// A reload: the keys of the new configuration sign the next message
+    /// (key rotation without a restart). A key that cannot be read keeps
+    /// the whole running set: better the old selector than no signature.
+    fn reload_dkim(self: &Arc<Self>, config: &palisade_config::Config) {
+        let keys = &config.settings(StageKind::Outgoing).outbound.dkim;
+        match DkimSigners::load(keys) {
+            Ok(new) => {
+                let new = Arc::new(new);
+                *self.dkim.write().unwrap() = new.clone();
+                info!("DKIM keys reloaded: signing with {}", new.describe());
+                // A domain with several signing keys picks by DNS again.
+                let me = self.clone();
+                tokio::spawn(async move { new.verify_published(&me.dns).await });
+            }
+            Err(e) => error!("DKIM keys not reloaded, the running keys keep signing: {e:#}"),
+        }
     }
 
     fn outbound(&self) -> &OutboundSettings {
@@ -173,11 +205,14 @@ impl Deliverer {
 
     /// Runs forever: every due message gets a delivery attempt.
     pub async fn run(self: Arc<Self>) {
-        if !self.dkim.is_empty() {
+        {
             let me = self.clone();
             tokio::spawn(async move {
                 loop {
-                    me.dkim.verify_published(&me.dns).await;
+                    let dkim = me.dkim();
+                    if !dkim.is_empty() {
+                        dkim.verify_published(&me.dns).await;
+                    }
                     tokio::time::sleep(REVERIFY_EVERY).await;
                 }
             });
@@ -333,7 +368,7 @@ impl Deliverer {
         message.extend_from_slice(header.as_bytes());
         message.extend_from_slice(body);
         if let Some(domain) = from_domain(body) {
-            match self.dkim.sign(&domain, &message) {
+            match self.dkim().sign(&domain, &message) {
                 Some(Ok(sig)) => {
                     let mut signed = sig.into_bytes();
                     signed.extend_from_slice(&message);
