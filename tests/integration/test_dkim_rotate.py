@@ -153,3 +153,20 @@ def test_rotate_switches_the_running_node_after_dns_publishes_the_key(rotation):
     assert re.search(r"signing\s+new\s.*: published", status), status
     assert re.search(r"retiring\s+old\s.*keep old\._domainkey\.example\.test published until .*\(in 6 days\)",
                      status), status
+
+
+def test_reload_with_an_unreadable_key_keeps_the_running_signer(rotation):
+    import signal
+    arch, sink, dns, _, keydir = rotation
+    # A reload whose key file is missing: the node logs it and keeps signing
+    # with the key it has (a valid config otherwise: nothing else changes).
+    arch.config.write_text(arch.config.read_text().replace(
+        f'key = "{keydir / (DOMAIN + ".old.pem")}"', f'key = "{keydir / "gone.pem"}"'))
+    arch.procs["outgoing-1"].send_signal(signal.SIGHUP)
+    assert wait_for(lambda: "DKIM keys not reloaded, the running keys keep signing"
+                    in arch.log("outgoing-1"), what="the refused reload in the log")
+    assert "gone.pem" in arch.log("outgoing-1")
+    send(arch, "still-old")
+    data = wait_for(lambda: received(sink, "still-old"), what="the message at the sink")
+    code, out = verify(dns, data)
+    assert code == 0 and f"pass d={DOMAIN} s=old" in out, out
