@@ -653,3 +653,97 @@ def test_mta_sts_enforce_testing_and_mx_patterns(sts_world):
     assert len(web.fetches) == 5, web.fetches
     time.sleep(1.5)
     assert "user@wrongcert.test" in queue_list(arch) and not sinks["wrongcert"].messages
+
+
+# ---- MTA-STS: a new TXT id replaces the cached policy (RFC 8461 §3.3, §5.1) ----
+
+@pytest.fixture
+def sts_refetch_world(arch_factory):
+    if shutil.which("dnsmasq") is None:
+        pytest.skip("dnsmasq (dnsmasq-base) is not installed")
+    from dns import DnsServer
+    ips = [f"127.0.0.{i}" for i in range(30, 33)]
+    port = next(p for p in range(SINK_PORT_BASE + 1000, SINK_PORT_BASE + 1500)
+                if all(port_free_on(ip, p) for ip in ips))
+    d = Path(tempfile.mkdtemp(prefix="palisade-sts-refetch-"))
+    ca = (d / "ca.pem", d / "ca.key")
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt",
+                    "ec_paramgen_curve:prime256v1", "-nodes", "-keyout", ca[1], "-out", ca[0],
+                    "-days", "2", "-subj", "/CN=Palisade test CA",
+                    "-addext", "basicConstraints=critical,CA:TRUE",
+                    "-addext", "keyUsage=critical,keyCertSign,cRLSign"],
+                   check=True, capture_output=True)
+    web = make_cert(d, "web", ["mta-sts.rot.test"], ca)
+    mx = make_cert(d, "mx", ["mx0.rot.test", "mx1.rot.test"], ca)
+    sinks = {"mx0": Sink(ips[1], port, tls=mx), "mx1": Sink(ips[2], port, tls=mx)}
+    web_srv = PolicyServer(ips[0], port, web, {"mta-sts.rot.test": sts_policy("enforce", "mx0.rot.test")})
+
+    def zone(policy_id):
+        return [f'txt-record=_mta-sts.rot.test,"v=STSv1; id={policy_id}"',
+                f"host-record=mta-sts.rot.test,{ips[0]}",
+                "mx-host=rot.test,mx0.rot.test,10", f"host-record=mx0.rot.test,{ips[1]}",
+                "mx-host=rot.test,mx1.rot.test,20", f"host-record=mx1.rot.test,{ips[2]}"]
+
+    dns = DnsServer(zone("v1")).__enter__()
+
+    def edit(text):
+        text = text.replace('hostname = "mail.example.test"',
+                            f'hostname = "mail.example.test"\ndns = "{dns.addr}"')
+        text = text.replace('min_retry = "5m"', 'min_retry = "1s"').replace('max_retry = "1h"', 'max_retry = "2s"')
+        return text.replace("[stage.store]\n", f"""[stage.outgoing.outbound]
+smtp_port = {port}
+mta_sts_port = {port}
+mta_sts_recheck = "1s"
+ca_file = "{ca[0]}"
+dsn_delay_after = "0s"
+
+[stage.store]
+""")
+
+    arch = arch_factory(edit=edit)
+    arch.start("outgoing-1")
+    yield arch, sinks, web_srv, dns, zone
+    arch.stop_all()
+    for s in sinks.values():
+        s.stop()
+    web_srv.stop()
+    dns.__exit__(None, None, None)
+    shutil.rmtree(d, ignore_errors=True)
+
+
+def sts_policy(mode, *mx):
+    return "version: STSv1\r\nmode: %s\r\n%smax_age: 86400\r\n" % (mode, "".join(f"mx: {m}\r\n" for m in mx))
+
+
+def test_mta_sts_new_id_refetches_and_failed_refetch_keeps_policy(sts_refetch_world):
+    arch, sinks, web, dns, zone = sts_refetch_world
+    cache_file = arch.data / "outgoing-1" / "mta-sts.json"
+    # id v1: enforce, only mx0 (MX 10).
+    submit(arch, ["one@rot.test"])
+    assert wait_for(lambda: "one@rot.test" in sinks["mx0"].rcpts())
+    assert len(web.fetches) == 1
+    # id v2 with a new policy: only mx1 (MX 20). The cached policy is replaced:
+    # mx0, first by preference, is no longer even contacted.
+    web.policies["mta-sts.rot.test"] = sts_policy("enforce", "mx1.rot.test")
+    dns.restart(zone("v2"))
+    time.sleep(1.5)  # past mta_sts_recheck
+    mx0_seen = len(sinks["mx0"].transcript)
+    submit(arch, ["two@rot.test"])
+    assert wait_for(lambda: "two@rot.test" in sinks["mx1"].rcpts())
+    assert len(sinks["mx0"].transcript) == mx0_seen, "mx0 is outside the new policy"
+    assert len(web.fetches) == 2, web.fetches
+    assert '"v2"' in cache_file.read_text() and '"mx1.rot.test"' in cache_file.read_text()
+    # id v3 but the HTTPS fetch fails: the cached v2 policy stays in force
+    # (RFC 8461 §5.1), the failure is counted, the cache is not touched.
+    web.policies.clear()
+    dns.restart(zone("v3"))
+    time.sleep(1.5)
+    submit(arch, ["three@rot.test"])
+    assert wait_for(lambda: "three@rot.test" in sinks["mx1"].rcpts())
+    assert len(sinks["mx0"].transcript) == mx0_seen
+    assert len(web.fetches) >= 3, web.fetches
+    assert wait_for(lambda: "policy fetch failed" in arch.log("outgoing-1"))
+    assert any(l.startswith("palisade_tls_failures_total{") and 'result="sts-policy-fetch-error"' in l
+               for l in metrics(arch).splitlines())
+    cache = cache_file.read_text()
+    assert '"v2"' in cache and '"v3"' not in cache and '"mx1.rot.test"' in cache
