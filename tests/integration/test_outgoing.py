@@ -662,7 +662,7 @@ def sts_refetch_world(arch_factory):
     if shutil.which("dnsmasq") is None:
         pytest.skip("dnsmasq (dnsmasq-base) is not installed")
     from dns import DnsServer
-    ips = [f"127.0.0.{i}" for i in range(30, 33)]
+    ips = [f"127.0.0.{i}" for i in range(30, 34)]
     port = next(p for p in range(SINK_PORT_BASE + 1000, SINK_PORT_BASE + 1500)
                 if all(port_free_on(ip, p) for ip in ips))
     d = Path(tempfile.mkdtemp(prefix="palisade-sts-refetch-"))
@@ -675,14 +675,17 @@ def sts_refetch_world(arch_factory):
                    check=True, capture_output=True)
     web = make_cert(d, "web", ["mta-sts.rot.test"], ca)
     mx = make_cert(d, "mx", ["mx0.rot.test", "mx1.rot.test"], ca)
-    sinks = {"mx0": Sink(ips[1], port, tls=mx), "mx1": Sink(ips[2], port, tls=mx)}
+    sinks = {"mx0": Sink(ips[1], port, tls=mx), "mx1": Sink(ips[2], port, tls=mx),
+             "reports": Sink(ips[3], port)}               # TLSRPT reports for rot.test
     web_srv = PolicyServer(ips[0], port, web, {"mta-sts.rot.test": sts_policy("enforce", "mx0.rot.test")})
 
     def zone(policy_id):
         return [f'txt-record=_mta-sts.rot.test,"v=STSv1; id={policy_id}"',
                 f"host-record=mta-sts.rot.test,{ips[0]}",
                 "mx-host=rot.test,mx0.rot.test,10", f"host-record=mx0.rot.test,{ips[1]}",
-                "mx-host=rot.test,mx1.rot.test,20", f"host-record=mx1.rot.test,{ips[2]}"]
+                "mx-host=rot.test,mx1.rot.test,20", f"host-record=mx1.rot.test,{ips[2]}",
+                'txt-record=_smtp._tls.rot.test,"v=TLSRPTv1; rua=mailto:tls@reports.test"',
+                "mx-host=reports.test,mx.reports.test,10", f"host-record=mx.reports.test,{ips[3]}"]
 
     dns = DnsServer(zone("v1")).__enter__()
 
@@ -694,6 +697,7 @@ def sts_refetch_world(arch_factory):
 smtp_port = {port}
 mta_sts_port = {port}
 mta_sts_recheck = "1s"
+tlsrpt_interval = "4s"
 ca_file = "{ca[0]}"
 dsn_delay_after = "0s"
 
@@ -747,3 +751,52 @@ def test_mta_sts_new_id_refetches_and_failed_refetch_keeps_policy(sts_refetch_wo
                for l in metrics(arch).splitlines())
     cache = cache_file.read_text()
     assert '"v2"' in cache and '"v3"' not in cache and '"mx1.rot.test"' in cache
+
+
+def tlsrpt_reports(sink):
+    """The JSON reports (RFC 8460 §5.3) the sink received, decoded."""
+    import email
+    import gzip
+    import json
+    out = []
+    for _, rcpts, data in sink.messages:
+        msg = email.message_from_bytes(data)
+        assert msg.get_content_type() == "multipart/report" and msg.get_param("report-type") == "tlsrpt"
+        assert msg["TLS-Report-Domain"] == "rot.test" and rcpts == ["tls@reports.test"]
+        parts = [p for p in msg.walk() if p.get_content_type() == "application/tlsrpt+gzip"]
+        assert len(parts) == 1 and parts[0].get_filename().endswith(".json.gz")
+        out.append(json.loads(gzip.decompress(parts[0].get_payload(decode=True))))
+    return out
+
+
+def test_tlsrpt_report_counts_sessions_per_policy_domain(sts_refetch_world):
+    arch, sinks, web, _, _ = sts_refetch_world
+    # enforce, only mx1 (MX 20): each message skips mx0 (validation-failure,
+    # RFC 8460 §4.3) and is delivered over verified TLS by mx1 (a success).
+    web.policies["mta-sts.rot.test"] = sts_policy("enforce", "mx1.rot.test")
+    for n in ["one", "two"]:
+        submit(arch, [f"{n}@rot.test"])
+        assert wait_for(lambda: f"{n}@rot.test" in sinks["mx1"].rcpts())
+    # The reports of the periods (tlsrpt_interval = 4s) they fell in arrive
+    # through the node's own queue at the _smtp._tls rua address.
+    def totals():
+        ok = fail = 0
+        for r in tlsrpt_reports(sinks["reports"]):
+            for p in r["policies"]:
+                ok += p["summary"]["total-successful-session-count"]
+                fail += p["summary"]["total-failure-session-count"]
+        return ok, fail
+    assert wait_for(lambda: totals() == (2, 2), timeout=20), totals()
+    for r in tlsrpt_reports(sinks["reports"]):
+        assert r["organization-name"] == "mail.example.test" and r["report-id"]
+        assert r["date-range"]["start-datetime"] < r["date-range"]["end-datetime"]
+        [p] = r["policies"]
+        assert p["policy"]["policy-type"] == "sts" and p["policy"]["policy-domain"] == "rot.test"
+        assert p["policy"]["mx-host"] == ["mx1.rot.test"] and "mode: enforce" in p["policy"]["policy-string"]
+        for d in p["failure-details"]:
+            assert (d["result-type"], d["receiving-mx-hostname"]) == ("validation-failure", "mx0.rot.test")
+        assert p["summary"]["total-failure-session-count"] == sum(d["failed-session-count"] for d in p["failure-details"])
+    # Counted once: a later period with no sessions sends nothing more.
+    time.sleep(5)
+    assert totals() == (2, 2)
+    assert (arch.data / "outgoing-1" / "tlsrpt.json").exists()

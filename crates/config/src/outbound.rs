@@ -65,6 +65,9 @@ pub struct OutboundSettings {
     /// of the others, the last one whose public key is published in DNS
     /// signs (one key per domain after `palisade dkim rotate --activate`).
     pub dkim: Vec<DkimKey>,
+    /// TLSRPT (RFC 8460): the period of the aggregate reports sent to the
+    /// domains that publish `_smtp._tls` (one UTC day; 0 = no reports).
+    pub tlsrpt_interval: Seconds,
     /// Send the authenticated sender a "delayed" DSN once a recipient has
     /// been deferred for this long (0 = never).
     pub dsn_delay_after: Seconds,
@@ -89,6 +92,7 @@ impl Default for OutboundSettings {
             ca_file: None,
             dkim: Vec::new(),
             dsn_delay_after: Seconds(4.0 * 3600.0),
+            tlsrpt_interval: Seconds(86400.0),
             per_domain_concurrency: 10,
             per_domain_rate: 0.0,
             connect_timeout: Seconds(30.0),

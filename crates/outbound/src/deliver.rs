@@ -46,6 +46,7 @@ use crate::dsn::{self, DsnInput, DsnKind, DsnRecipient};
 use crate::mta_sts::{Mode as StsMode, StsCache};
 use crate::resolve::DnsResolver;
 use crate::tls_policy::{tlsrpt_result, verified_tls, TlsPolicies, TlsPolicy};
+use crate::tlsrpt::{PolicyKey, TlsReports};
 
 /// Idle pooled connections older than this are closed rather than reused.
 const IDLE_REUSE_LIMIT: Duration = Duration::from_secs(20);
@@ -117,6 +118,8 @@ pub struct Deliverer {
     /// one line per id in `delay-notified`, so a restart does not repeat it).
     delay_notified: Mutex<HashSet<QueueId>>,
     delay_notified_file: PathBuf,
+    /// TLSRPT counts (None when `outbound.tlsrpt_interval` is 0).
+    reports: Option<Arc<TlsReports>>,
 }
 
 impl Deliverer {
@@ -146,6 +149,12 @@ impl Deliverer {
                 o.mta_sts_recheck.duration(),
             )
         });
+        let reports = (o.tlsrpt_interval.0 > 0.0).then(|| {
+            Arc::new(TlsReports::new(
+                node_dir.join("tlsrpt.json"),
+                o.tlsrpt_interval.duration(),
+            ))
+        });
         let delay_notified_file = node_dir.join("delay-notified");
         let delay_notified = std::fs::read_to_string(&delay_notified_file)
             .unwrap_or_default()
@@ -167,6 +176,7 @@ impl Deliverer {
             next_start: Mutex::default(),
             delay_notified: Mutex::new(delay_notified),
             delay_notified_file,
+            reports,
         });
         let me = Arc::downgrade(&deliverer);
         deliverer.ctx.on_reload.register(move |config| {
@@ -216,6 +226,22 @@ impl Deliverer {
                     tokio::time::sleep(REVERIFY_EVERY).await;
                 }
             });
+        }
+        if let Some(reports) = &self.reports {
+            let config = &self.ctx.config;
+            // From: a local domain's postmaster, so the report is DKIM-signed.
+            let from_domain = (self.outbound().dkim.iter().find(|k| k.signs()))
+                .map(|k| k.domain.clone())
+                .or_else(|| config.domains.first().map(|d| d.name.clone()))
+                .unwrap_or_else(|| config.gateway.hostname.clone());
+            tokio::spawn(reports.clone().run(crate::tlsrpt::ReportSender {
+                queue: self.queue.clone(),
+                dns: self.dns.clone(),
+                metrics: self.ctx.metrics.clone(),
+                node: self.ctx.node_name.clone(),
+                submitter: config.gateway.hostname.clone(),
+                from: format!("postmaster@{from_domain}"),
+            }));
         }
         loop {
             let id = self.queue.next_due().await;
@@ -472,7 +498,7 @@ impl Deliverer {
                         addr: *a,
                     })
                     .collect(),
-                self.tls_policy(domain, false).await,
+                self.tls_policy(route, domain, false).await,
             ),
             Route::Mx { domain } => match self.dns.mail_exchangers(domain).await {
                 Ok(hosts) => {
@@ -487,7 +513,7 @@ impl Deliverer {
                                 })
                             })
                             .collect(),
-                        self.tls_policy(domain, true).await,
+                        self.tls_policy(route, domain, true).await,
                     )
                 }
                 Err(e) => {
@@ -527,7 +553,7 @@ impl Deliverer {
                     if !p.allows_mx(&c.name) {
                         // RFC 8461 §4.1: enforce = never this host;
                         // testing = use it, but report.
-                        self.count_tls_failure(&policy, "validation-failure");
+                        self.count_tls_failure(route, &policy, "validation-failure", &c.name);
                         let why = format!(
                             "host {}[{}] is not an MX of the domain's MTA-STS policy",
                             c.name, c.addr
@@ -543,12 +569,14 @@ impl Deliverer {
                 }
             };
             let mut outcome = self.try_host(c.addr, &tls, &tx).await;
+            let mut tls_failed = false;
             if let (
                 Err(e @ (ClientError::Tls(_) | ClientError::TlsRequired)),
                 HostTls::Verified(_),
             ) = (&outcome, &tls)
             {
-                self.count_tls_failure(&policy, tlsrpt_result(e));
+                self.count_tls_failure(route, &policy, tlsrpt_result(e), &c.name);
+                tls_failed = true;
                 if matches!(&policy, TlsPolicy::Sts(p) if p.mode == StsMode::Testing) {
                     // Testing mode: deliver anyway, as without a policy.
                     info!(
@@ -568,6 +596,10 @@ impl Deliverer {
                         );
                         last = Some((cl, format!("host {}[{}] said: {reply}", c.name, c.addr)));
                         continue;
+                    }
+                    // TLSRPT success: a session whose TLS the policy required.
+                    if tls != HostTls::Opportunistic && !tls_failed {
+                        self.record_tls(route, &policy, Ok(()));
                     }
                     return rcpts
                         .iter()
@@ -628,24 +660,34 @@ impl Deliverer {
     }
 
     /// The domain's TLS policy; a failed MTA-STS policy fetch is counted.
-    async fn tls_policy(&self, domain: &str, mx_route: bool) -> TlsPolicy {
+    async fn tls_policy(&self, route: &Route, domain: &str, mx_route: bool) -> TlsPolicy {
         let (policy, failure) = self
             .tls
             .policy_for(domain, self.outbound(), &self.dns, mx_route)
             .await;
         if let Some(f) = failure {
-            self.count_tls_failure(&policy, f.label());
+            self.count_tls_failure(route, &policy, f.label(), "");
         }
         policy
     }
 
-    /// TLSRPT-style failure counter (RFC 8460 result types) by policy.
-    fn count_tls_failure(&self, policy: &TlsPolicy, result: &str) {
+    /// TLSRPT failure counter (RFC 8460 result types) by policy, and the
+    /// session in the domain's next TLSRPT report.
+    fn count_tls_failure(&self, route: &Route, policy: &TlsPolicy, result: &str, mx: &str) {
         self.ctx.metrics.inc(
             "palisade_tls_failures_total",
             "Failed TLS policy checks towards remote MX hosts (TLSRPT result types).",
             &[("policy", policy.label()), ("result", result)],
         );
+        self.record_tls(route, policy, Err((result, mx)));
+    }
+
+    fn record_tls(&self, route: &Route, policy: &TlsPolicy, outcome: Result<(), (&str, &str)>) {
+        if let (Some(reports), Route::Fixed { domain, .. } | Route::Mx { domain }) =
+            (&self.reports, route)
+        {
+            reports.record(PolicyKey::of(domain, policy), outcome);
+        }
     }
 
     fn count_bounce(&self, c: &Classified) {

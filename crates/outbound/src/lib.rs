@@ -9,6 +9,7 @@
 //! | [`dkim`] | DKIM signing, key generation, rotation by DNS verification |
 //! | [`bounce`] | classification of replies into the bounce study's root causes |
 //! | [`dsn`] | RFC 3464 delivery status notifications |
+//! | [`tlsrpt`] | RFC 8460: per-domain TLS session counts, daily gzipped JSON reports by mail |
 //! | [`deliver`] | the delivery loop on the durable queue |
 
 pub mod bounce;
@@ -19,5 +20,6 @@ pub mod mta_sts;
 /// Resolution lives in `palisade-dns`, shared with the other stages.
 pub use palisade_dns as resolve;
 pub mod tls_policy;
+pub mod tlsrpt;
 
 pub use deliver::Deliverer;
