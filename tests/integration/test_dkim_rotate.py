@@ -22,6 +22,7 @@ import pytest
 
 from conftest import BIN, SmtpSink, wait_for
 from dns import DnsServer, txt_strings
+from test_outgoing import outgoing_config
 
 DOMAIN = "example.test"
 
@@ -49,10 +50,7 @@ def rotation(arch_factory):
     sink = SmtpSink()
     dns = DnsServer([txt_line("old", old_record)]).__enter__()
 
-    def edit(text):
-        text = text.replace('hostname = "mail.example.test"',
-                            f'hostname = "mail.example.test"\ndns = "{dns.addr}"')
-        return text.replace("[stage.store]\n", f"""[stage.outgoing.routes]
+    edit = outgoing_config(dns.addr, f"""[stage.outgoing.routes]
 "dest.test" = ["127.0.0.1:{sink.port}"]
 
 [stage.outgoing.outbound]
@@ -63,10 +61,7 @@ dsn_delay_after = "0s"
 domain = "{DOMAIN}"
 selector = "old"
 key = "{old_key}"
-
-[stage.store]
 """)
-
     arch = arch_factory(edit=edit)
     arch.start("outgoing-1")
     yield arch, sink, dns, old_record, keydir

@@ -277,6 +277,17 @@ def port_free_on(ip, port):
             return False
 
 
+def outgoing_config(dns_addr, outgoing_toml):
+    """An `edit` for arch_factory: nodes resolve through `dns_addr`, retries
+    come after 1-2 s, and `outgoing_toml` (stage F's settings) is added."""
+    def edit(text):
+        text = text.replace('hostname = "mail.example.test"',
+                            f'hostname = "mail.example.test"\ndns = "{dns_addr}"')
+        text = text.replace('min_retry = "5m"', 'min_retry = "1s"').replace('max_retry = "1h"', 'max_retry = "2s"')
+        return text.replace("[stage.store]\n", outgoing_toml + "\n[stage.store]\n")
+    return edit
+
+
 def submit(arch, rcpts, sender="alice@example.test", origin=None, subject="test"):
     msg = (f"From: Alice <{sender}>\r\nTo: {', '.join(rcpts)}\r\nSubject: {subject}\r\n"
            f"Message-ID: <{time.time_ns()}@example.test>\r\nDate: Tue, 24 Nov 2026 10:00:00 +0000\r\n\r\n"
@@ -478,6 +489,23 @@ def test_kill9_while_slow_domain_sends_does_not_resend_to_fast_domain(world):
 
 # ---- MTA-STS (RFC 8461): policies over verified HTTPS, enforce and testing ----
 
+def make_ca(d):
+    """A test CA (openssl): (certificate, key) paths under `d`."""
+    ca = (d / "ca.pem", d / "ca.key")
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt",
+                    "ec_paramgen_curve:prime256v1", "-nodes", "-keyout", ca[1], "-out", ca[0],
+                    "-days", "2", "-subj", "/CN=Palisade test CA",
+                    "-addext", "basicConstraints=critical,CA:TRUE",
+                    "-addext", "keyUsage=critical,keyCertSign,cRLSign"],
+                   check=True, capture_output=True)
+    return ca
+
+
+def sts_policy(mode, *mx):
+    """An MTA-STS policy file (RFC 8461 §3.2)."""
+    return "version: STSv1\r\nmode: %s\r\n%smax_age: 86400\r\n" % (mode, "".join(f"mx: {m}\r\n" for m in mx))
+
+
 def make_cert(d, name, sans, ca):
     """A leaf certificate for `sans` signed by the test CA (openssl)."""
     key, csr, pem, ext = (d / f"{name}.key", d / f"{name}.csr", d / f"{name}.pem", d / f"{name}.ext")
@@ -534,21 +562,20 @@ def metrics(arch):
     return urllib.request.urlopen(f"http://{host}:{port}/metrics", timeout=10).read().decode()
 
 
-@pytest.fixture
-def sts_world(arch_factory):
+def sts_lab(last_octets, base):
+    """What an MTA-STS test needs: loopback addresses 127.0.0.x, one port
+    free on all of them, a scratch directory and a test CA in it."""
     if shutil.which("dnsmasq") is None:
         pytest.skip("dnsmasq (dnsmasq-base) is not installed")
-    ips = [f"127.0.0.{i}" for i in range(20, 27)]
-    port = next(p for p in range(SINK_PORT_BASE + 500, SINK_PORT_BASE + 1000)
-                if all(port_free_on(ip, p) for ip in ips))
+    ips = [f"127.0.0.{i}" for i in last_octets]
+    port = next(p for p in range(base, base + 500) if all(port_free_on(ip, p) for ip in ips))
     d = Path(tempfile.mkdtemp(prefix="palisade-sts-"))
-    ca = (d / "ca.pem", d / "ca.key")
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt",
-                    "ec_paramgen_curve:prime256v1", "-nodes", "-keyout", ca[1], "-out", ca[0],
-                    "-days", "2", "-subj", "/CN=Palisade test CA",
-                    "-addext", "basicConstraints=critical,CA:TRUE",
-                    "-addext", "keyUsage=critical,keyCertSign,cRLSign"],
-                   check=True, capture_output=True)
+    return ips, port, d, make_ca(d)
+
+
+@pytest.fixture
+def sts_world(arch_factory):
+    ips, port, d, ca = sts_lab(range(20, 27), SINK_PORT_BASE + 500)
     doms = ["enforce", "wrongcert", "nostarttls", "testing", "othermx"]
     web = make_cert(d, "web", [f"mta-sts.{x}.test" for x in doms], ca)
     good = make_cert(d, "mx", ["mx.enforce.test", "mx1.othermx.test", "mx0.othermx.test",
@@ -562,8 +589,7 @@ def sts_world(arch_factory):
         "othermx0": Sink(ips[5], port, tls=good),      # MX 10 but not in the policy
         "othermx1": Sink(ips[6], port, tls=good),      # MX 20, in the policy
     }
-    policy = lambda mode, *mx: "version: STSv1\r\nmode: %s\r\n%smax_age: 86400\r\n" % (
-        mode, "".join(f"mx: {m}\r\n" for m in mx))
+    policy = sts_policy
     web_srv = PolicyServer(ips[0], port, web, {
         "mta-sts.enforce.test": policy("enforce", "mx.enforce.test"),
         "mta-sts.wrongcert.test": policy("enforce", "mx.wrongcert.test"),
@@ -581,18 +607,11 @@ def sts_world(arch_factory):
     lines += ["mx-host=othermx.test,mx0.othermx.test,10", f"host-record=mx0.othermx.test,{ips[5]}",
               "mx-host=othermx.test,mx1.othermx.test,20", f"host-record=mx1.othermx.test,{ips[6]}"]
     dns = Dns(lines)
-
-    def edit(text):
-        text = text.replace('hostname = "mail.example.test"',
-                            f'hostname = "mail.example.test"\ndns = "127.0.0.1:{dns.port}"')
-        text = text.replace('min_retry = "5m"', 'min_retry = "1s"').replace('max_retry = "1h"', 'max_retry = "2s"')
-        return text.replace("[stage.store]\n", f"""[stage.outgoing.outbound]
+    edit = outgoing_config(f"127.0.0.1:{dns.port}", f"""[stage.outgoing.outbound]
 smtp_port = {port}
 mta_sts_port = {port}
 ca_file = "{ca[0]}"
 dsn_delay_after = "0s"
-
-[stage.store]
 """)
 
     arch = arch_factory(edit=edit)
@@ -659,20 +678,8 @@ def test_mta_sts_enforce_testing_and_mx_patterns(sts_world):
 
 @pytest.fixture
 def sts_refetch_world(arch_factory):
-    if shutil.which("dnsmasq") is None:
-        pytest.skip("dnsmasq (dnsmasq-base) is not installed")
     from dns import DnsServer
-    ips = [f"127.0.0.{i}" for i in range(30, 34)]
-    port = next(p for p in range(SINK_PORT_BASE + 1000, SINK_PORT_BASE + 1500)
-                if all(port_free_on(ip, p) for ip in ips))
-    d = Path(tempfile.mkdtemp(prefix="palisade-sts-refetch-"))
-    ca = (d / "ca.pem", d / "ca.key")
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt",
-                    "ec_paramgen_curve:prime256v1", "-nodes", "-keyout", ca[1], "-out", ca[0],
-                    "-days", "2", "-subj", "/CN=Palisade test CA",
-                    "-addext", "basicConstraints=critical,CA:TRUE",
-                    "-addext", "keyUsage=critical,keyCertSign,cRLSign"],
-                   check=True, capture_output=True)
+    ips, port, d, ca = sts_lab(range(30, 34), SINK_PORT_BASE + 1000)
     web = make_cert(d, "web", ["mta-sts.rot.test"], ca)
     mx = make_cert(d, "mx", ["mx0.rot.test", "mx1.rot.test"], ca)
     sinks = {"mx0": Sink(ips[1], port, tls=mx), "mx1": Sink(ips[2], port, tls=mx),
@@ -688,20 +695,13 @@ def sts_refetch_world(arch_factory):
                 "mx-host=reports.test,mx.reports.test,10", f"host-record=mx.reports.test,{ips[3]}"]
 
     dns = DnsServer(zone("v1")).__enter__()
-
-    def edit(text):
-        text = text.replace('hostname = "mail.example.test"',
-                            f'hostname = "mail.example.test"\ndns = "{dns.addr}"')
-        text = text.replace('min_retry = "5m"', 'min_retry = "1s"').replace('max_retry = "1h"', 'max_retry = "2s"')
-        return text.replace("[stage.store]\n", f"""[stage.outgoing.outbound]
+    edit = outgoing_config(dns.addr, f"""[stage.outgoing.outbound]
 smtp_port = {port}
 mta_sts_port = {port}
 mta_sts_recheck = "1s"
 tlsrpt_interval = "4s"
 ca_file = "{ca[0]}"
 dsn_delay_after = "0s"
-
-[stage.store]
 """)
 
     arch = arch_factory(edit=edit)
@@ -713,10 +713,6 @@ dsn_delay_after = "0s"
     web_srv.stop()
     dns.__exit__(None, None, None)
     shutil.rmtree(d, ignore_errors=True)
-
-
-def sts_policy(mode, *mx):
-    return "version: STSv1\r\nmode: %s\r\n%smax_age: 86400\r\n" % (mode, "".join(f"mx: {m}\r\n" for m in mx))
 
 
 def test_mta_sts_new_id_refetches_and_failed_refetch_keeps_policy(sts_refetch_world):

@@ -293,11 +293,7 @@ impl StsCache {
             p.retain(|_, c| c.expires > now);
             serde_json::to_vec_pretty(&*p).unwrap_or_default()
         };
-        // Write-then-rename: a crash leaves the old or the new file.
-        let tmp = self.file.with_extension("json.tmp");
-        let written =
-            std::fs::write(&tmp, &snapshot).and_then(|_| std::fs::rename(&tmp, &self.file));
-        if let Err(e) = written {
+        if let Err(e) = crate::replace_file(&self.file, &snapshot) {
             warn!("cannot persist MTA-STS cache {}: {e}", self.file.display());
         }
     }

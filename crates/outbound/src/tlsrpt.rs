@@ -189,10 +189,7 @@ impl TlsReports {
             s.dirty = false;
             serde_json::to_vec(&*s).unwrap_or_default()
         };
-        let tmp = self.file.with_extension("json.tmp");
-        let written =
-            std::fs::write(&tmp, &snapshot).and_then(|_| std::fs::rename(&tmp, &self.file));
-        if let Err(e) = written {
+        if let Err(e) = crate::replace_file(&self.file, &snapshot) {
             warn!("cannot persist TLSRPT counts {}: {e}", self.file.display());
         }
     }
@@ -428,7 +425,7 @@ pub fn report_message(
     let gz = gz.finish()?;
     let b64 = base64::engine::general_purpose::STANDARD.encode(gz);
     let boundary = format!("tlsrpt-{report_id}");
-    let date = httpdate_rfc5322(unix_now());
+    let date = palisade_stage::received::rfc5322_date(SystemTime::now());
     let mut m = format!(
         "From: TLS reports <{from}>\r\n\
          To: <{to}>\r\n\
@@ -458,26 +455,6 @@ pub fn report_message(
     }
     m.push_str(&format!("--{boundary}--\r\n"));
     Ok(m.into_bytes())
-}
-
-/// An RFC 5322 date (always +0000).
-fn httpdate_rfc5322(unix: u64) -> String {
-    let t = time::OffsetDateTime::from_unix_timestamp(unix as i64)
-        .unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
-    const DAYS: [&str; 7] = ["Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun"];
-    const MONTHS: [&str; 12] = [
-        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
-    ];
-    format!(
-        "{}, {:02} {} {} {:02}:{:02}:{:02} +0000",
-        DAYS[t.weekday().number_days_from_monday() as usize],
-        t.day(),
-        MONTHS[t.month() as usize - 1],
-        t.year(),
-        t.hour(),
-        t.minute(),
-        t.second()
-    )
 }
 
 #[cfg(test)]
