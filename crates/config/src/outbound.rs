@@ -9,6 +9,8 @@
 //! require_tls = ["bank.example",     # never deliver these in plaintext
 //!   { domain = "pay.example", verify = true }]  # ... and verify the MX certificate
 //! mta_sts = true                     # fetch and apply MTA-STS policies (RFC 8461)
+//! mta_sts_recheck = "5m"             # look the _mta-sts TXT id up again (new id = refetch)
+//! tlsrpt_interval = "1d"             # TLSRPT (RFC 8460) report period, 0 = no reports
 //! ca_file = "/etc/palisade/extra-ca.pem"  # trusted besides the WebPKI roots
 //! dsn_delay_after = "4h"             # "delayed" notice to the sender
 //!

@@ -545,6 +545,8 @@ impl Deliverer {
         };
         let mut last: Option<(Classified, String)> = None;
         for c in &candidates {
+            // A TLS policy failure on this host (a TLSRPT failure, not a success).
+            let mut tls_failed = false;
             let tls = match &policy {
                 TlsPolicy::Opportunistic => HostTls::Opportunistic,
                 TlsPolicy::Required { verify: false, .. } => HostTls::Required,
@@ -564,12 +566,12 @@ impl Deliverer {
                             continue;
                         }
                         info!("{id}: {why} (mode testing: used anyway)");
+                        tls_failed = true;
                     }
                     HostTls::Verified(c.name.clone())
                 }
             };
             let mut outcome = self.try_host(c.addr, &tls, &tx).await;
-            let mut tls_failed = false;
             if let (
                 Err(e @ (ClientError::Tls(_) | ClientError::TlsRequired)),
                 HostTls::Verified(_),

@@ -329,7 +329,7 @@ pub fn check_published(txts: &[String], key: &PrivateKey) -> Result<(), String> 
         .iter()
         .filter(|t| {
             let first = t.split(';').next().unwrap_or("").trim();
-            first.is_empty() || first.replace(' ', "") == "v=DKIM1" || t.contains("p=")
+            first.replace(' ', "") == "v=DKIM1" || t.contains("p=")
         })
         .collect();
     let record = match dkim.as_slice() {
