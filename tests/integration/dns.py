@@ -8,6 +8,8 @@
 that the zone does not define answers NXDOMAIN; `broken` domains are
 forwarded to a port where nothing answers, so their lookups fail (SERVFAIL
 or timeout) like a broken DNS. dnsmasq is stopped by PID on exit.
+dnsmasq cannot change records live: `restart(new_lines)` stops it and
+starts it again with the new zone on the same port.
 
 Also here: DKIM signing for the tests (rsa-sha256, relaxed/simple) with the
 openssl command, and the TXT record that publishes the key.
@@ -68,8 +70,19 @@ class DnsServer:
     def __enter__(self):
         self.dir = Path(tempfile.mkdtemp(prefix="palisade-dns-"))
         self.port = free_udp_tcp_port()
-        dead = free_udp_tcp_port()
-        conf = [f"server=/{d}/127.0.0.1#{dead}" for d in self.broken]
+        self.dead = free_udp_tcp_port()
+        self._start()
+        self.addr = f"127.0.0.1:{self.port}"
+        return self
+
+    def restart(self, lines):
+        """The same server (port) with a new zone."""
+        self._stop()
+        self.lines = list(lines)
+        self._start()
+
+    def _start(self):
+        conf = [f"server=/{d}/127.0.0.1#{self.dead}" for d in self.broken]
         conf += [f"local=/{d}/" for d in self.local]
         conf += self.lines
         conf_file = self.dir / "dnsmasq.conf"
@@ -91,12 +104,15 @@ class DnsServer:
                     break
             except OSError:
                 time.sleep(0.05)
-        self.addr = f"127.0.0.1:{self.port}"
-        return self
+        else:
+            raise RuntimeError(f"dnsmasq did not listen on port {self.port}")
 
-    def __exit__(self, *exc):
+    def _stop(self):
         if self.proc:
             stop_by_pid(self.proc)
+
+    def __exit__(self, *exc):
+        self._stop()
         shutil.rmtree(self.dir, ignore_errors=True)
 
     def query_log(self):

@@ -277,6 +277,17 @@ def port_free_on(ip, port):
             return False
 
 
+def outgoing_config(dns_addr, outgoing_toml):
+    """An `edit` for arch_factory: nodes resolve through `dns_addr`, retries
+    come after 1-2 s, and `outgoing_toml` (stage F's settings) is added."""
+    def edit(text):
+        text = text.replace('hostname = "mail.example.test"',
+                            f'hostname = "mail.example.test"\ndns = "{dns_addr}"')
+        text = text.replace('min_retry = "5m"', 'min_retry = "1s"').replace('max_retry = "1h"', 'max_retry = "2s"')
+        return text.replace("[stage.store]\n", outgoing_toml + "\n[stage.store]\n")
+    return edit
+
+
 def submit(arch, rcpts, sender="alice@example.test", origin=None, subject="test"):
     msg = (f"From: Alice <{sender}>\r\nTo: {', '.join(rcpts)}\r\nSubject: {subject}\r\n"
            f"Message-ID: <{time.time_ns()}@example.test>\r\nDate: Tue, 24 Nov 2026 10:00:00 +0000\r\n\r\n"
@@ -478,6 +489,23 @@ def test_kill9_while_slow_domain_sends_does_not_resend_to_fast_domain(world):
 
 # ---- MTA-STS (RFC 8461): policies over verified HTTPS, enforce and testing ----
 
+def make_ca(d):
+    """A test CA (openssl): (certificate, key) paths under `d`."""
+    ca = (d / "ca.pem", d / "ca.key")
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt",
+                    "ec_paramgen_curve:prime256v1", "-nodes", "-keyout", ca[1], "-out", ca[0],
+                    "-days", "2", "-subj", "/CN=Palisade test CA",
+                    "-addext", "basicConstraints=critical,CA:TRUE",
+                    "-addext", "keyUsage=critical,keyCertSign,cRLSign"],
+                   check=True, capture_output=True)
+    return ca
+
+
+def sts_policy(mode, *mx):
+    """An MTA-STS policy file (RFC 8461 §3.2)."""
+    return "version: STSv1\r\nmode: %s\r\n%smax_age: 86400\r\n" % (mode, "".join(f"mx: {m}\r\n" for m in mx))
+
+
 def make_cert(d, name, sans, ca):
     """A leaf certificate for `sans` signed by the test CA (openssl)."""
     key, csr, pem, ext = (d / f"{name}.key", d / f"{name}.csr", d / f"{name}.pem", d / f"{name}.ext")
@@ -534,21 +562,20 @@ def metrics(arch):
     return urllib.request.urlopen(f"http://{host}:{port}/metrics", timeout=10).read().decode()
 
 
-@pytest.fixture
-def sts_world(arch_factory):
+def sts_lab(last_octets, base):
+    """What an MTA-STS test needs: loopback addresses 127.0.0.x, one port
+    free on all of them, a scratch directory and a test CA in it."""
     if shutil.which("dnsmasq") is None:
         pytest.skip("dnsmasq (dnsmasq-base) is not installed")
-    ips = [f"127.0.0.{i}" for i in range(20, 27)]
-    port = next(p for p in range(SINK_PORT_BASE + 500, SINK_PORT_BASE + 1000)
-                if all(port_free_on(ip, p) for ip in ips))
+    ips = [f"127.0.0.{i}" for i in last_octets]
+    port = next(p for p in range(base, base + 500) if all(port_free_on(ip, p) for ip in ips))
     d = Path(tempfile.mkdtemp(prefix="palisade-sts-"))
-    ca = (d / "ca.pem", d / "ca.key")
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt",
-                    "ec_paramgen_curve:prime256v1", "-nodes", "-keyout", ca[1], "-out", ca[0],
-                    "-days", "2", "-subj", "/CN=Palisade test CA",
-                    "-addext", "basicConstraints=critical,CA:TRUE",
-                    "-addext", "keyUsage=critical,keyCertSign,cRLSign"],
-                   check=True, capture_output=True)
+    return ips, port, d, make_ca(d)
+
+
+@pytest.fixture
+def sts_world(arch_factory):
+    ips, port, d, ca = sts_lab(range(20, 27), SINK_PORT_BASE + 500)
     doms = ["enforce", "wrongcert", "nostarttls", "testing", "othermx"]
     web = make_cert(d, "web", [f"mta-sts.{x}.test" for x in doms], ca)
     good = make_cert(d, "mx", ["mx.enforce.test", "mx1.othermx.test", "mx0.othermx.test",
@@ -562,8 +589,7 @@ def sts_world(arch_factory):
         "othermx0": Sink(ips[5], port, tls=good),      # MX 10 but not in the policy
         "othermx1": Sink(ips[6], port, tls=good),      # MX 20, in the policy
     }
-    policy = lambda mode, *mx: "version: STSv1\r\nmode: %s\r\n%smax_age: 86400\r\n" % (
-        mode, "".join(f"mx: {m}\r\n" for m in mx))
+    policy = sts_policy
     web_srv = PolicyServer(ips[0], port, web, {
         "mta-sts.enforce.test": policy("enforce", "mx.enforce.test"),
         "mta-sts.wrongcert.test": policy("enforce", "mx.wrongcert.test"),
@@ -581,18 +607,11 @@ def sts_world(arch_factory):
     lines += ["mx-host=othermx.test,mx0.othermx.test,10", f"host-record=mx0.othermx.test,{ips[5]}",
               "mx-host=othermx.test,mx1.othermx.test,20", f"host-record=mx1.othermx.test,{ips[6]}"]
     dns = Dns(lines)
-
-    def edit(text):
-        text = text.replace('hostname = "mail.example.test"',
-                            f'hostname = "mail.example.test"\ndns = "127.0.0.1:{dns.port}"')
-        text = text.replace('min_retry = "5m"', 'min_retry = "1s"').replace('max_retry = "1h"', 'max_retry = "2s"')
-        return text.replace("[stage.store]\n", f"""[stage.outgoing.outbound]
+    edit = outgoing_config(f"127.0.0.1:{dns.port}", f"""[stage.outgoing.outbound]
 smtp_port = {port}
 mta_sts_port = {port}
 ca_file = "{ca[0]}"
 dsn_delay_after = "0s"
-
-[stage.store]
 """)
 
     arch = arch_factory(edit=edit)
@@ -653,3 +672,127 @@ def test_mta_sts_enforce_testing_and_mx_patterns(sts_world):
     assert len(web.fetches) == 5, web.fetches
     time.sleep(1.5)
     assert "user@wrongcert.test" in queue_list(arch) and not sinks["wrongcert"].messages
+
+
+# ---- MTA-STS: a new TXT id replaces the cached policy (RFC 8461 §3.3, §5.1) ----
+
+@pytest.fixture
+def sts_refetch_world(arch_factory):
+    from dns import DnsServer
+    ips, port, d, ca = sts_lab(range(30, 34), SINK_PORT_BASE + 1000)
+    web = make_cert(d, "web", ["mta-sts.rot.test"], ca)
+    mx = make_cert(d, "mx", ["mx0.rot.test", "mx1.rot.test"], ca)
+    sinks = {"mx0": Sink(ips[1], port, tls=mx), "mx1": Sink(ips[2], port, tls=mx),
+             "reports": Sink(ips[3], port)}               # TLSRPT reports for rot.test
+    web_srv = PolicyServer(ips[0], port, web, {"mta-sts.rot.test": sts_policy("enforce", "mx0.rot.test")})
+
+    def zone(policy_id):
+        return [f'txt-record=_mta-sts.rot.test,"v=STSv1; id={policy_id}"',
+                f"host-record=mta-sts.rot.test,{ips[0]}",
+                "mx-host=rot.test,mx0.rot.test,10", f"host-record=mx0.rot.test,{ips[1]}",
+                "mx-host=rot.test,mx1.rot.test,20", f"host-record=mx1.rot.test,{ips[2]}",
+                'txt-record=_smtp._tls.rot.test,"v=TLSRPTv1; rua=mailto:tls@reports.test"',
+                "mx-host=reports.test,mx.reports.test,10", f"host-record=mx.reports.test,{ips[3]}"]
+
+    dns = DnsServer(zone("v1")).__enter__()
+    edit = outgoing_config(dns.addr, f"""[stage.outgoing.outbound]
+smtp_port = {port}
+mta_sts_port = {port}
+mta_sts_recheck = "1s"
+tlsrpt_interval = "4s"
+ca_file = "{ca[0]}"
+dsn_delay_after = "0s"
+""")
+
+    arch = arch_factory(edit=edit)
+    arch.start("outgoing-1")
+    yield arch, sinks, web_srv, dns, zone
+    arch.stop_all()
+    for s in sinks.values():
+        s.stop()
+    web_srv.stop()
+    dns.__exit__(None, None, None)
+    shutil.rmtree(d, ignore_errors=True)
+
+
+def test_mta_sts_new_id_refetches_and_failed_refetch_keeps_policy(sts_refetch_world):
+    arch, sinks, web, dns, zone = sts_refetch_world
+    cache_file = arch.data / "outgoing-1" / "mta-sts.json"
+    # id v1: enforce, only mx0 (MX 10).
+    submit(arch, ["one@rot.test"])
+    assert wait_for(lambda: "one@rot.test" in sinks["mx0"].rcpts())
+    assert len(web.fetches) == 1
+    # id v2 with a new policy: only mx1 (MX 20). The cached policy is replaced:
+    # mx0, first by preference, is no longer even contacted.
+    web.policies["mta-sts.rot.test"] = sts_policy("enforce", "mx1.rot.test")
+    dns.restart(zone("v2"))
+    time.sleep(1.5)  # past mta_sts_recheck
+    mx0_seen = len(sinks["mx0"].transcript)
+    submit(arch, ["two@rot.test"])
+    assert wait_for(lambda: "two@rot.test" in sinks["mx1"].rcpts())
+    assert len(sinks["mx0"].transcript) == mx0_seen, "mx0 is outside the new policy"
+    assert len(web.fetches) == 2, web.fetches
+    assert '"v2"' in cache_file.read_text() and '"mx1.rot.test"' in cache_file.read_text()
+    # id v3 but the HTTPS fetch fails: the cached v2 policy stays in force
+    # (RFC 8461 §5.1), the failure is counted, the cache is not touched.
+    web.policies.clear()
+    dns.restart(zone("v3"))
+    time.sleep(1.5)
+    submit(arch, ["three@rot.test"])
+    assert wait_for(lambda: "three@rot.test" in sinks["mx1"].rcpts())
+    assert len(sinks["mx0"].transcript) == mx0_seen
+    assert len(web.fetches) >= 3, web.fetches
+    assert wait_for(lambda: "policy fetch failed" in arch.log("outgoing-1"))
+    assert any(l.startswith("palisade_tls_failures_total{") and 'result="sts-policy-fetch-error"' in l
+               for l in metrics(arch).splitlines())
+    cache = cache_file.read_text()
+    assert '"v2"' in cache and '"v3"' not in cache and '"mx1.rot.test"' in cache
+
+
+def tlsrpt_reports(sink):
+    """The JSON reports (RFC 8460 §5.3) the sink received, decoded."""
+    import email
+    import gzip
+    import json
+    out = []
+    for _, rcpts, data in sink.messages:
+        msg = email.message_from_bytes(data)
+        assert msg.get_content_type() == "multipart/report" and msg.get_param("report-type") == "tlsrpt"
+        assert msg["TLS-Report-Domain"] == "rot.test" and rcpts == ["tls@reports.test"]
+        parts = [p for p in msg.walk() if p.get_content_type() == "application/tlsrpt+gzip"]
+        assert len(parts) == 1 and parts[0].get_filename().endswith(".json.gz")
+        out.append(json.loads(gzip.decompress(parts[0].get_payload(decode=True))))
+    return out
+
+
+def test_tlsrpt_report_counts_sessions_per_policy_domain(sts_refetch_world):
+    arch, sinks, web, _, _ = sts_refetch_world
+    # enforce, only mx1 (MX 20): each message skips mx0 (validation-failure,
+    # RFC 8460 §4.3) and is delivered over verified TLS by mx1 (a success).
+    web.policies["mta-sts.rot.test"] = sts_policy("enforce", "mx1.rot.test")
+    for n in ["one", "two"]:
+        submit(arch, [f"{n}@rot.test"])
+        assert wait_for(lambda: f"{n}@rot.test" in sinks["mx1"].rcpts())
+    # The reports of the periods (tlsrpt_interval = 4s) they fell in arrive
+    # through the node's own queue at the _smtp._tls rua address.
+    def totals():
+        ok = fail = 0
+        for r in tlsrpt_reports(sinks["reports"]):
+            for p in r["policies"]:
+                ok += p["summary"]["total-successful-session-count"]
+                fail += p["summary"]["total-failure-session-count"]
+        return ok, fail
+    assert wait_for(lambda: totals() == (2, 2), timeout=20), totals()
+    for r in tlsrpt_reports(sinks["reports"]):
+        assert r["organization-name"] == "mail.example.test" and r["report-id"]
+        assert r["date-range"]["start-datetime"] < r["date-range"]["end-datetime"]
+        [p] = r["policies"]
+        assert p["policy"]["policy-type"] == "sts" and p["policy"]["policy-domain"] == "rot.test"
+        assert p["policy"]["mx-host"] == ["mx1.rot.test"] and "mode: enforce" in p["policy"]["policy-string"]
+        for d in p["failure-details"]:
+            assert (d["result-type"], d["receiving-mx-hostname"]) == ("validation-failure", "mx0.rot.test")
+        assert p["summary"]["total-failure-session-count"] == sum(d["failed-session-count"] for d in p["failure-details"])
+    # Counted once: a later period with no sessions sends nothing more.
+    time.sleep(5)
+    assert totals() == (2, 2)
+    assert (arch.data / "outgoing-1" / "tlsrpt.json").exists()

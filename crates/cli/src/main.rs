@@ -52,7 +52,7 @@ enum Command {
     /// Inspect a node's queue.
     #[command(subcommand)]
     Queue(queue::QueueCommand),
-    /// DKIM keys: keygen, rotate, record, verify.
+    /// DKIM keys: keygen, rotate (no restart), status, record, verify.
     #[command(subcommand)]
     Dkim(dkim::DkimCommand),
     /// Antispam Bayes database: train, eval.

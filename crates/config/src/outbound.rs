@@ -9,6 +9,8 @@
 //! require_tls = ["bank.example",     # never deliver these in plaintext
 //!   { domain = "pay.example", verify = true }]  # ... and verify the MX certificate
 //! mta_sts = true                     # fetch and apply MTA-STS policies (RFC 8461)
+//! mta_sts_recheck = "5m"             # look the _mta-sts TXT id up again (new id = refetch)
+//! tlsrpt_interval = "1d"             # TLSRPT (RFC 8460) report period, 0 = no reports
 //! ca_file = "/etc/palisade/extra-ca.pem"  # trusted besides the WebPKI roots
 //! dsn_delay_after = "4h"             # "delayed" notice to the sender
 //!
@@ -20,6 +22,12 @@
 //! domain = "example.test"
 //! selector = "s2026"
 //! key = "/etc/palisade/dkim/example.test.s2026.pem"
+//!
+//! [[stage.outgoing.outbound.dkim]]   # the previous key, after a rotation:
+//! domain = "example.test"            # no longer signs; its DNS record stays
+//! selector = "s2025"                 # published until retire_after
+//! key = "/etc/palisade/dkim/example.test.s2025.pem"
+//! retire_after = 2026-12-08T10:00:00Z
 //! ```
 
 use std::collections::BTreeMap;
@@ -52,12 +60,20 @@ pub struct OutboundSettings {
     /// HTTPS port of `mta-sts.<domain>`: 443 on the Internet; a test or
     /// lab setting otherwise (like `smtp_port`).
     pub mta_sts_port: u16,
+    /// How often the `_mta-sts` TXT id of a domain is looked up again (a
+    /// new id means a policy refetch, RFC 8461 §5.1). 5 min; tests: less.
+    pub mta_sts_recheck: Seconds,
     /// PEM CA certificates trusted for verified TLS (MTA-STS, `verify`)
     /// in addition to the WebPKI roots: a private CA, or a test CA.
     pub ca_file: Option<PathBuf>,
-    /// DKIM keys of the local domains. Several keys for one domain are a
-    /// rotation: the last one whose public key is published in DNS signs.
+    /// DKIM keys of the local domains. Keys with `retire_after` never
+    /// sign (the previous key of a rotation, kept for its grace period);
+    /// of the others, the last one whose public key is published in DNS
+    /// signs (one key per domain after `palisade dkim rotate --activate`).
     pub dkim: Vec<DkimKey>,
+    /// TLSRPT (RFC 8460): the period of the aggregate reports sent to the
+    /// domains that publish `_smtp._tls` (one UTC day; 0 = no reports).
+    pub tlsrpt_interval: Seconds,
     /// Send the authenticated sender a "delayed" DSN once a recipient has
     /// been deferred for this long (0 = never).
     pub dsn_delay_after: Seconds,
@@ -81,9 +97,11 @@ impl Default for OutboundSettings {
             require_tls: Vec::new(),
             mta_sts: true,
             mta_sts_port: 443,
+            mta_sts_recheck: Seconds(300.0),
             ca_file: None,
             dkim: Vec::new(),
             dsn_delay_after: Seconds(4.0 * 3600.0),
+            tlsrpt_interval: Seconds(86400.0),
             per_domain_concurrency: 10,
             per_domain_rate: 0.0,
             connect_timeout: Seconds(30.0),
@@ -127,6 +145,19 @@ pub struct DkimKey {
     /// PEM private key: RSA (PKCS#1 or PKCS#8) or Ed25519 (PKCS#8), as
     /// written by `palisade dkim keygen`.
     pub key: PathBuf,
+    /// Set on the previous key by `palisade dkim rotate --activate`: the
+    /// key no longer signs, and its DNS record must stay published until
+    /// this time (mail signed with it may still be in transit or retried
+    /// by receivers); `palisade dkim status` says when it may go.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retire_after: Option<toml::value::Datetime>,
+}
+
+impl DkimKey {
+    /// May this key sign? (Not once it is being retired.)
+    pub fn signs(&self) -> bool {
+        self.retire_after.is_none()
+    }
 }
 
 /// One `require_tls` entry: a domain name, or a table with `verify`.
@@ -219,8 +250,24 @@ pub(crate) fn validate(config: &Config, problems: &mut Vec<Problem>) {
                 "must be 0 (no limit) or positive".into(),
             ));
         }
+        if o.mta_sts_recheck.0 <= 0.0 {
+            problems.push((
+                key(&["stage", name, "outbound", "mta_sts_recheck"]),
+                "must be a positive duration".into(),
+            ));
+        }
         for (i, k) in o.dkim.iter().enumerate() {
             let idx = i.to_string();
+            if let Some(t) = &k.retire_after {
+                if t.date.is_none() || t.time.is_none() || t.offset.is_none() {
+                    problems.push((
+                        key(&["stage", name, "outbound", "dkim", &idx, "retire_after"]),
+                        format!(
+                            "`{t}` needs a date, a time and an offset (e.g. 2026-12-08T10:00:00Z)"
+                        ),
+                    ));
+                }
+            }
             if config.local_domain(&format!("x@{}", k.domain)).is_none() {
                 problems.push((
                     key(&["stage", name, "outbound", "dkim", &idx, "domain"]),

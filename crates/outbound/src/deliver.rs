@@ -23,7 +23,7 @@ use std::io::Write;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant, SystemTime};
 
 use palisade_config::{static_route, NextHop, OutboundSettings, StageKind, StageSettings};
@@ -37,7 +37,7 @@ use palisade_smtp_client::{
 use palisade_stage::received::{received_header, Hop};
 use palisade_stage::NodeContext;
 use tokio::sync::Semaphore;
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 use crate::bounce::{
     self, classify_client_error, classify_reply, classify_resolve_error, Classified,
@@ -50,6 +50,7 @@ use crate::resolve::DnsResolver;
 use crate::tls_policy::{
     tlsrpt_result, verified_tls, DaneFailure, TlsPolicies, TlsPolicy, DANE_LABEL,
 };
+use crate::tlsrpt::{PolicyKey, TlsReports};
 
 /// Idle pooled connections older than this are closed rather than reused.
 const IDLE_REUSE_LIMIT: Duration = Duration::from_secs(20);
@@ -110,7 +111,9 @@ pub struct Deliverer {
     settings: StageSettings,
     dns: DnsResolver,
     tls: TlsPolicies,
-    dkim: DkimSigners,
+    /// The signing keys, replaced whole by a reload (SIGHUP): each message
+    /// is signed with the set in force when it is prepared.
+    dkim: RwLock<Arc<DkimSigners>>,
     client: ClientConfig,
     /// Verified TLS: WebPKI roots plus `outbound.ca_file`.
     verified: Arc<rustls::ClientConfig>,
@@ -122,6 +125,8 @@ pub struct Deliverer {
     /// one line per id in `delay-notified`, so a restart does not repeat it).
     delay_notified: Mutex<HashSet<QueueId>>,
     delay_notified_file: PathBuf,
+    /// TLSRPT counts (None when `outbound.tlsrpt_interval` is 0).
+    reports: Option<Arc<TlsReports>>,
 }
 
 impl Deliverer {
@@ -129,7 +134,7 @@ impl Deliverer {
         let settings = ctx.settings();
         let o = &settings.outbound;
         let dns = DnsResolver::new(ctx.config.gateway.dns)?;
-        let dkim = DkimSigners::load(&o.dkim)?;
+        let dkim = RwLock::new(Arc::new(DkimSigners::load(&o.dkim)?));
         let client = ClientConfig {
             helo_name: ctx.config.gateway.hostname.clone(),
             tls_mode: TlsMode::Opportunistic,
@@ -148,16 +153,23 @@ impl Deliverer {
                 node_dir.join("mta-sts.json"),
                 verified.clone(),
                 o.mta_sts_port,
+                o.mta_sts_recheck.duration(),
             )
         });
         let dane = Dane::new(ctx.config.gateway.dns, &o.dane)?;
+        let reports = (o.tlsrpt_interval.0 > 0.0).then(|| {
+            Arc::new(TlsReports::new(
+                node_dir.join("tlsrpt.json"),
+                o.tlsrpt_interval.duration(),
+            ))
+        });
         let delay_notified_file = node_dir.join("delay-notified");
         let delay_notified = std::fs::read_to_string(&delay_notified_file)
             .unwrap_or_default()
             .lines()
             .filter_map(|l| l.trim().parse().ok())
             .collect();
-        Ok(Arc::new(Deliverer {
+        let deliverer = Arc::new(Deliverer {
             slots: Arc::new(Semaphore::new(settings.queue.concurrency.max(1))),
             ctx,
             queue,
@@ -172,7 +184,37 @@ impl Deliverer {
             next_start: Mutex::default(),
             delay_notified: Mutex::new(delay_notified),
             delay_notified_file,
-        }))
+            reports,
+        });
+        let me = Arc::downgrade(&deliverer);
+        deliverer.ctx.on_reload.register(move |config| {
+            if let Some(me) = me.upgrade() {
+                me.reload_dkim(config);
+            }
+        });
+        Ok(deliverer)
+    }
+
+    fn dkim(&self) -> Arc<DkimSigners> {
+        self.dkim.read().unwrap().clone()
+    }
+
+    /// A reload: the keys of the new configuration sign the next message
+    /// (key rotation without a restart). A key that cannot be read keeps
+    /// the whole running set: better the old selector than no signature.
+    fn reload_dkim(self: &Arc<Self>, config: &palisade_config::Config) {
+        let keys = &config.settings(StageKind::Outgoing).outbound.dkim;
+        match DkimSigners::load(keys) {
+            Ok(new) => {
+                let new = Arc::new(new);
+                *self.dkim.write().unwrap() = new.clone();
+                info!("DKIM keys reloaded: signing with {}", new.describe());
+                // A domain with several signing keys picks by DNS again.
+                let me = self.clone();
+                tokio::spawn(async move { new.verify_published(&me.dns).await });
+            }
+            Err(e) => error!("DKIM keys not reloaded, the running keys keep signing: {e:#}"),
+        }
     }
 
     fn outbound(&self) -> &OutboundSettings {
@@ -193,14 +235,33 @@ impl Deliverer {
                 }
             });
         }
-        if !self.dkim.is_empty() {
+        {
             let me = self.clone();
             tokio::spawn(async move {
                 loop {
-                    me.dkim.verify_published(&me.dns).await;
+                    let dkim = me.dkim();
+                    if !dkim.is_empty() {
+                        dkim.verify_published(&me.dns).await;
+                    }
                     tokio::time::sleep(REVERIFY_EVERY).await;
                 }
             });
+        }
+        if let Some(reports) = &self.reports {
+            let config = &self.ctx.config;
+            // From: a local domain's postmaster, so the report is DKIM-signed.
+            let from_domain = (self.outbound().dkim.iter().find(|k| k.signs()))
+                .map(|k| k.domain.clone())
+                .or_else(|| config.domains.first().map(|d| d.name.clone()))
+                .unwrap_or_else(|| config.gateway.hostname.clone());
+            tokio::spawn(reports.clone().run(crate::tlsrpt::ReportSender {
+                queue: self.queue.clone(),
+                dns: self.dns.clone(),
+                metrics: self.ctx.metrics.clone(),
+                node: self.ctx.node_name.clone(),
+                submitter: config.gateway.hostname.clone(),
+                from: format!("postmaster@{from_domain}"),
+            }));
         }
         loop {
             let id = self.queue.next_due().await;
@@ -353,7 +414,7 @@ impl Deliverer {
         message.extend_from_slice(header.as_bytes());
         message.extend_from_slice(body);
         if let Some(domain) = from_domain(body) {
-            match self.dkim.sign(&domain, &message) {
+            match self.dkim().sign(&domain, &message) {
                 Some(Ok(sig)) => {
                     let mut signed = sig.into_bytes();
                     signed.extend_from_slice(&message);
@@ -457,12 +518,12 @@ impl Deliverer {
                         addr: *a,
                     })
                     .collect(),
-                self.tls_policy(domain, false).await,
+                self.tls_policy(route, domain, false).await,
             ),
             Route::Mx { domain } => match self.dns.mail_exchangers(domain).await {
                 Ok(hosts) => {
                     let port = self.outbound().smtp_port;
-                    let policy = match self.mx_tls_policy(id, domain, &hosts, port).await {
+                    let policy = match self.mx_tls_policy(id, route, domain, &hosts, port).await {
                         Ok(p) => p,
                         Err(deferred) => return all(deferred),
                     };
@@ -508,6 +569,8 @@ impl Deliverer {
         };
         let mut last: Option<(Classified, String)> = None;
         for c in &candidates {
+            // A TLS policy failure on this host (a TLSRPT failure, not a success).
+            let mut tls_failed = false;
             let tls = match &policy {
                 TlsPolicy::Opportunistic => HostTls::Opportunistic,
                 TlsPolicy::Required { verify: false, .. } => HostTls::Required,
@@ -525,7 +588,7 @@ impl Deliverer {
                     }
                     // §2.2: a failed TLSA (or address) lookup: not this host.
                     Some(Err(e)) => {
-                        self.count_tls_result(DANE_LABEL, "dnssec-invalid");
+                        self.count_tls_failure(route, &policy, "dnssec-invalid", &c.name);
                         let why = format!("host {}[{}]: {e} (DANE)", c.name, c.addr);
                         warn!("{id}: {why}; not used");
                         last = Some((dnssec_failure(&dest, e), why));
@@ -547,7 +610,7 @@ impl Deliverer {
                     if !p.allows_mx(&c.name) {
                         // RFC 8461 §4.1: enforce = never this host;
                         // testing = use it, but report.
-                        self.count_tls_failure(&policy, "validation-failure");
+                        self.count_tls_failure(route, &policy, "validation-failure", &c.name);
                         let why = format!(
                             "host {}[{}] is not an MX of the domain's MTA-STS policy",
                             c.name, c.addr
@@ -558,6 +621,7 @@ impl Deliverer {
                             continue;
                         }
                         info!("{id}: {why} (mode testing: used anyway)");
+                        tls_failed = true;
                     }
                     HostTls::Verified(c.name.clone())
                 }
@@ -568,7 +632,8 @@ impl Deliverer {
             if let (Err(e @ (ClientError::Tls(_) | ClientError::TlsRequired)), true) =
                 (&outcome, checked)
             {
-                self.count_tls_failure(&policy, tlsrpt_result(e));
+                self.count_tls_failure(route, &policy, tlsrpt_result(e), &c.name);
+                tls_failed = true;
                 if matches!(&policy, TlsPolicy::Sts(p) if p.mode == StsMode::Testing) {
                     // Testing mode: deliver anyway, as without a policy.
                     info!(
@@ -588,6 +653,10 @@ impl Deliverer {
                         );
                         last = Some((cl, format!("host {}[{}] said: {reply}", c.name, c.addr)));
                         continue;
+                    }
+                    // TLSRPT success: a session whose TLS the policy required.
+                    if tls != HostTls::Opportunistic && !tls_failed {
+                        self.record_tls(route, &policy, Ok(()));
                     }
                     return rcpts
                         .iter()
@@ -660,13 +729,13 @@ impl Deliverer {
     }
 
     /// The domain's TLS policy; a failed MTA-STS policy fetch is counted.
-    async fn tls_policy(&self, domain: &str, mx_route: bool) -> TlsPolicy {
+    async fn tls_policy(&self, route: &Route, domain: &str, mx_route: bool) -> TlsPolicy {
         let (policy, failure) = self
             .tls
             .policy_for(domain, self.outbound(), &self.dns, mx_route)
             .await;
         if let Some(f) = failure {
-            self.count_tls_failure(&policy, f.label());
+            self.count_tls_failure(route, &policy, f.label(), "");
         }
         policy
     }
@@ -678,6 +747,7 @@ impl Deliverer {
     async fn mx_tls_policy(
         &self,
         id: QueueId,
+        route: &Route,
         domain: &str,
         hosts: &[crate::resolve::MxHost],
         port: u16,
@@ -689,7 +759,7 @@ impl Deliverer {
             .await
         {
             Ok(Some(dane)) => Ok(TlsPolicy::Dane(dane)),
-            Ok(None) => Ok(self.tls_policy(domain, true).await),
+            Ok(None) => Ok(self.tls_policy(route, domain, true).await),
             Err(DaneFailure(e)) => {
                 self.count_tls_result(DANE_LABEL, "dnssec-invalid");
                 let why = format!("{e} (DANE: MX records of {domain})");
@@ -701,9 +771,11 @@ impl Deliverer {
         }
     }
 
-    /// TLSRPT-style failure counter (RFC 8460 result types) by policy.
-    fn count_tls_failure(&self, policy: &TlsPolicy, result: &str) {
+    /// TLSRPT failure counter (RFC 8460 result types) by policy, and the
+    /// session in the domain's next TLSRPT report.
+    fn count_tls_failure(&self, route: &Route, policy: &TlsPolicy, result: &str, mx: &str) {
         self.count_tls_result(policy.label(), result);
+        self.record_tls(route, policy, Err((result, mx)));
     }
 
     fn count_tls_result(&self, policy: &str, result: &str) {
@@ -712,6 +784,14 @@ impl Deliverer {
             "Failed TLS policy checks towards remote MX hosts (TLSRPT result types).",
             &[("policy", policy), ("result", result)],
         );
+    }
+
+    fn record_tls(&self, route: &Route, policy: &TlsPolicy, outcome: Result<(), (&str, &str)>) {
+        if let (Some(reports), Route::Fixed { domain, .. } | Route::Mx { domain }) =
+            (&self.reports, route)
+        {
+            reports.record(PolicyKey::of(domain, policy), outcome);
+        }
     }
 
     fn count_bounce(&self, c: &Classified) {

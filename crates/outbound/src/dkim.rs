@@ -1,13 +1,18 @@
 //! DKIM signing (RFC 6376, RFC 8463) of mail leaving through stage F, and
 //! key management for `palisade dkim keygen|rotate`.
 //!
-//! A domain may list several keys: that is a rotation in progress. The
-//! signer uses the *last* listed key whose public key is found published
-//! at `<selector>._domainkey.<domain>` in DNS (checked at start and every
-//! [`REVERIFY_EVERY`]), so signing switches to a new selector only after
-//! the record is visible; until then the previous key keeps signing. The
-//! old key stays in the list (and its record in DNS) for the grace period,
-//! so mail signed with it just before the switch still verifies.
+//! Rotation (`palisade dkim rotate`, docs/outgoing.md): the CLI makes the
+//! new key, waits until its record is published in DNS, then rewrites the
+//! configuration (the new key signs, the old one gets `retire_after`) and
+//! has the outgoing nodes reload it: the deliverer rebuilds its
+//! [`DkimSigners`] from the new file on SIGHUP, no restart. A retiring key
+//! never signs; its record stays in DNS for the grace period so mail
+//! signed with it just before the switch still verifies.
+//!
+//! A domain may also list several signing keys: the signer uses the
+//! *last* listed key whose public key is found published at
+//! `<selector>._domainkey.<domain>` (checked at start, at each reload and
+//! every [`REVERIFY_EVERY`]); until then the first key keeps signing.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -217,7 +222,8 @@ impl DkimSigners {
     /// (a stage must not start signing with a silently missing key).
     pub fn load(keys: &[DkimKey]) -> Result<DkimSigners> {
         let mut by_domain: HashMap<String, Vec<LoadedKey>> = HashMap::new();
-        for k in keys {
+        // A retiring key's file may already be gone: it is never read.
+        for k in keys.iter().filter(|k| k.signs()) {
             let pem =
                 std::fs::read(&k.key).with_context(|| format!("DKIM key {}", k.key.display()))?;
             let pk = PrivateKey::from_pem(&pem)
@@ -243,6 +249,17 @@ impl DkimSigners {
 
     pub fn is_empty(&self) -> bool {
         self.by_domain.is_empty()
+    }
+
+    /// `domain=selector` of every domain's signing key, for the log.
+    pub fn describe(&self) -> String {
+        let mut all: Vec<String> = self
+            .by_domain
+            .keys()
+            .filter_map(|d| Some(format!("{d}={}", self.active_selector(d)?)))
+            .collect();
+        all.sort();
+        all.join(" ")
     }
 
     /// The selector that signs for `domain` now.
@@ -300,6 +317,54 @@ impl DkimSigners {
             sig.map(|s| s.to_header())
                 .map_err(|e| anyhow!("DKIM signing for {domain} failed: {e}")),
         )
+    }
+}
+
+/// Does the TXT data found at `<selector>._domainkey.<domain>` publish
+/// exactly `key`? One DKIM record (RFC 6376 §3.6.2.2: several make the
+/// verifier's choice arbitrary), of the key's type (`k=`, default rsa),
+/// with its public key in `p=`. The error says what is there instead.
+pub fn check_published(txts: &[String], key: &PrivateKey) -> Result<(), String> {
+    let dkim: Vec<&String> = txts
+        .iter()
+        .filter(|t| {
+            let first = t.split(';').next().unwrap_or("").trim();
+            first.replace(' ', "") == "v=DKIM1" || t.contains("p=")
+        })
+        .collect();
+    let record = match dkim.as_slice() {
+        [] => return Err("no DKIM record is published there".into()),
+        [one] => one,
+        many => {
+            return Err(format!(
+                "{} DKIM records are published there; keep only the new one",
+                many.len()
+            ))
+        }
+    };
+    let tag = |name: &str| {
+        record.split(';').find_map(|t| {
+            let (k, v) = t.split_once('=')?;
+            (k.trim() == name).then(|| v.split_whitespace().collect::<String>())
+        })
+    };
+    let k = tag("k").unwrap_or_else(|| "rsa".into());
+    if k != key.algorithm.dns_tag() {
+        return Err(format!(
+            "the record is for a k={k} key, the new key is {}",
+            key.algorithm.dns_tag()
+        ));
+    }
+    let want = key.public_b64().map_err(|e| e.to_string())?;
+    match tag("p") {
+        Some(p) if p == want => Ok(()),
+        Some(p) if p.is_empty() => Err("the record is revoked (empty p=)".into()),
+        Some(p) => Err(format!(
+            "the record publishes another key (p={}...), not the new one (p={}...)",
+            &p[..p.len().min(24)],
+            &want[..want.len().min(24)]
+        )),
+        None => Err("the record has no p= tag".into()),
     }
 }
 
@@ -367,5 +432,30 @@ mod tests {
                 &k.public_b64().unwrap()
             ));
         }
+    }
+
+    #[test]
+    fn check_published_wants_exactly_the_new_key() {
+        let new =
+            PrivateKey::from_pem(generate_key(Algorithm::Ed25519).unwrap().as_bytes()).unwrap();
+        let other =
+            PrivateKey::from_pem(generate_key(Algorithm::Ed25519).unwrap().as_bytes()).unwrap();
+        let rec = new.txt_record().unwrap();
+        assert_eq!(check_published(std::slice::from_ref(&rec), &new), Ok(()));
+        // Unrelated TXT data at the name does not count as a DKIM record.
+        assert_eq!(
+            check_published(&["google-site-verification=x".into(), rec.clone()], &new),
+            Ok(())
+        );
+        let missing = check_published(&[], &new).unwrap_err();
+        assert!(missing.contains("no DKIM record"), "{missing}");
+        let wrong = check_published(&[other.txt_record().unwrap()], &new).unwrap_err();
+        assert!(wrong.contains("another key"), "{wrong}");
+        let two = check_published(&[rec.clone(), other.txt_record().unwrap()], &new).unwrap_err();
+        assert!(two.contains("2 DKIM records"), "{two}");
+        let ktype = check_published(&[rec.replace("k=ed25519", "k=rsa")], &new).unwrap_err();
+        assert!(ktype.contains("k=rsa"), "{ktype}");
+        let revoked = check_published(&["v=DKIM1; k=ed25519; p=".into()], &new).unwrap_err();
+        assert!(revoked.contains("revoked"), "{revoked}");
     }
 }

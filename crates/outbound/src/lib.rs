@@ -10,6 +10,7 @@
 //! | [`dkim`] | DKIM signing, key generation, rotation by DNS verification |
 //! | [`bounce`] | classification of replies into the bounce study's root causes |
 //! | [`dsn`] | RFC 3464 delivery status notifications |
+//! | [`tlsrpt`] | RFC 8460: per-domain TLS session counts, daily gzipped JSON reports by mail |
 //! | [`deliver`] | the delivery loop on the durable queue |
 
 pub mod bounce;
@@ -21,5 +22,15 @@ pub mod mta_sts;
 /// Resolution lives in `palisade-dns`, shared with the other stages.
 pub use palisade_dns as resolve;
 pub mod tls_policy;
+pub mod tlsrpt;
 
 pub use deliver::Deliverer;
+
+/// Writes `data` beside `path`, then renames it over `path`: a crash
+/// leaves the old or the new file, never half of one (the MTA-STS cache,
+/// the TLSRPT counts).
+pub(crate) fn replace_file(path: &std::path::Path, data: &[u8]) -> std::io::Result<()> {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, data)?;
+    std::fs::rename(&tmp, path)
+}

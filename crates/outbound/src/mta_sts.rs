@@ -14,8 +14,9 @@
 //! - Policies are cached per domain until `max_age` and persisted in the
 //!   node's data dir (`mta-sts.json`) so a restart keeps them (§5.1: a
 //!   cached policy protects against an attacker who blocks the fetch).
-//!   The TXT id is looked up again at most every [`TXT_RECHECK`]; a new id
-//!   means a refetch, a failed refetch keeps the cached policy.
+//!   The TXT id is looked up again at most every `outbound.mta_sts_recheck`
+//!   (5 min); a new id means a refetch (§3.3, §5.1), a failed refetch
+//!   keeps the cached policy (and is tried again at the next recheck).
 //! - Without a TXT record and without a cached policy: no policy (§3.2).
 
 use std::collections::HashMap;
@@ -35,8 +36,6 @@ pub const MAX_POLICY_BYTES: usize = 64 * 1024;
 /// Whole fetch: connect, handshake, request and response (§3.3: "a short
 /// timeout", e.g. a minute; ours is shorter since delivery waits for it).
 pub const FETCH_TIMEOUT: Duration = Duration::from_secs(10);
-/// How often the TXT id of a domain is looked up again.
-pub const TXT_RECHECK: Duration = Duration::from_secs(300);
 /// Domains whose last TXT lookup time is remembered (then forgotten at once).
 const MAX_DOMAINS_TRACKED: usize = 100_000;
 /// max_age ceiling (§3.2: up to 31557600 s, one year).
@@ -178,12 +177,19 @@ pub struct StsCache {
     roots: Arc<rustls::ClientConfig>,
     /// HTTPS port of `mta-sts.<domain>` (443; tests and labs: any).
     port: u16,
+    /// How often a domain's TXT id is looked up again.
+    recheck: Duration,
 }
 
 impl StsCache {
     /// Loads the persisted cache (`file`); a missing or unreadable file is
     /// an empty cache.
-    pub fn new(file: PathBuf, tls: Arc<rustls::ClientConfig>, port: u16) -> StsCache {
+    pub fn new(
+        file: PathBuf,
+        tls: Arc<rustls::ClientConfig>,
+        port: u16,
+        recheck: Duration,
+    ) -> StsCache {
         let policies = std::fs::read(&file)
             .ok()
             .and_then(|b| serde_json::from_slice(&b).ok())
@@ -195,6 +201,7 @@ impl StsCache {
             in_flight: Mutex::default(),
             roots: tls,
             port,
+            recheck,
         }
     }
 
@@ -229,7 +236,7 @@ impl StsCache {
             .lock()
             .unwrap()
             .get(&domain)
-            .is_none_or(|t| t.elapsed() >= TXT_RECHECK);
+            .is_none_or(|t| t.elapsed() >= self.recheck);
         if !recheck {
             return (cached.map(|c| c.policy), None);
         }
@@ -286,11 +293,7 @@ impl StsCache {
             p.retain(|_, c| c.expires > now);
             serde_json::to_vec_pretty(&*p).unwrap_or_default()
         };
-        // Write-then-rename: a crash leaves the old or the new file.
-        let tmp = self.file.with_extension("json.tmp");
-        let written =
-            std::fs::write(&tmp, &snapshot).and_then(|_| std::fs::rename(&tmp, &self.file));
-        if let Err(e) = written {
+        if let Err(e) = crate::replace_file(&self.file, &snapshot) {
             warn!("cannot persist MTA-STS cache {}: {e}", self.file.display());
         }
     }

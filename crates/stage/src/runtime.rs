@@ -52,6 +52,30 @@ pub struct NodeContext {
     pub run_as: Option<RunAs>,
     /// Taking the node out of its pair (`palisade drain`).
     pub drain: Arc<Drain>,
+    /// What a stage reloads besides its sessions' settings and hooks.
+    pub on_reload: OnReload,
+}
+
+/// Callbacks a stage registers (`ctx.on_reload.register(...)`) to take a
+/// reloaded configuration, e.g. the outgoing stage's DKIM keys. They run
+/// at the one swap point of `serve_until_stopped`, after the new sessions'
+/// settings are in place, with the configuration already validated; each
+/// keeps what it runs when it cannot use the new one (and logs why).
+#[derive(Default)]
+pub struct OnReload(std::sync::Mutex<Vec<ReloadCallback>>);
+
+type ReloadCallback = Box<dyn Fn(&Config) + Send + Sync>;
+
+impl OnReload {
+    pub fn register(&self, callback: impl Fn(&Config) + Send + Sync + 'static) {
+        self.0.lock().unwrap().push(Box::new(callback));
+    }
+
+    fn run(&self, config: &Config) {
+        for callback in self.0.lock().unwrap().iter() {
+            callback(config);
+        }
+    }
 }
 
 impl NodeContext {
@@ -101,6 +125,7 @@ impl NodeContext {
             stage,
             run_as,
             drain: Arc::default(),
+            on_reload: OnReload::default(),
         })
     }
 
@@ -307,6 +332,7 @@ async fn relay_main(ctx: Arc<NodeContext>, make_filter: Option<MakeFilter>) -> R
         .and_then(|f| crate::cut_through::CutThrough::new(&ctx, f));
 
     let router = queue_admin_routes(router, &queue);
+    let router = reload_route(router);
     let router = crate::drain::routes(router, &ctx.node_name, &ctx.drain, &queue, &ctx.metrics);
     let stage_name = ctx.stage.to_string();
     let router = crate::journal::routes(
@@ -429,6 +455,7 @@ async fn serve_until_stopped<H: Hooks>(
                     for ((tx, _), (profile, implicit_tls)) in senders.iter().zip(&kinds) {
                         tx.send_replace(service(&config, &hooks, *profile, *implicit_tls));
                     }
+                    ctx.on_reload.run(&config);
                     info!(
                         "{}: reloaded {}: new sessions use the new limits and policy",
                         ctx.node_name,
@@ -515,6 +542,23 @@ static DELIVERER: std::sync::Mutex<Option<MakeDeliverer>> = std::sync::Mutex::ne
 pub fn run_stage_with_deliverer(stage: StageKind, make: MakeDeliverer) -> Result<()> {
     *DELIVERER.lock().unwrap() = Some(make);
     run_relay_stage(stage)
+}
+
+/// `POST /reload`: the node sends itself SIGHUP, so the CLI
+/// (`palisade dkim rotate --activate`) reloads a node it finds by its HTTP
+/// address like `palisade queue`, without its PID or its user's rights;
+/// the reload itself is the SIGHUP one.
+fn reload_route(router: Router) -> Router {
+    router.route("/reload", |req| {
+        if req.method != "POST" {
+            return Response::text(405, "use POST\n");
+        }
+        // SAFETY: kill(2) on our own PID with a signal we handle.
+        match unsafe { libc::kill(libc::getpid(), libc::SIGHUP) } {
+            0 => Response::text(200, "reloading\n"),
+            _ => Response::text(500, "cannot signal myself\n"),
+        }
+    })
 }
 
 /// Queue administration on the node's HTTP endpoint, for `palisade queue`
