@@ -119,7 +119,7 @@ pub struct Deliverer {
 
 impl Deliverer {
     pub fn new(ctx: Arc<NodeContext>, queue: Queue) -> anyhow::Result<Arc<Deliverer>> {
-        let settings = ctx.settings();
+        let settings = StageSettings::clone(&ctx.settings());
         let o = &settings.outbound;
         let dns = DnsResolver::new(ctx.config.gateway.dns)?;
         let dkim = DkimSigners::load(&o.dkim)?;
@@ -183,7 +183,9 @@ impl Deliverer {
             });
         }
         loop {
-            let id = self.queue.next_due().await;
+            // `palisade drain --keep` holds deliveries (the queue stays for
+            // the restart); `--flush` keeps delivering.
+            let id = self.ctx.drain.next_delivery(&self.queue).await;
             let slot = self
                 .slots
                 .clone()
@@ -192,7 +194,10 @@ impl Deliverer {
                 .expect("never closed");
             let me = self.clone();
             tokio::spawn(async move {
+                let ctx = me.ctx.clone();
+                let counted = ctx.drain.delivery();
                 me.attempt(id).await;
+                drop(counted);
                 drop(slot);
             });
         }
