@@ -249,12 +249,14 @@ impl SharedState {
                     .await
                     .map(|v| v == 1)
             })
-            .await?;
-        if admitted {
+            .await;
+        // A session admitted locally while Redis is away is held too: the
+        // heartbeat adds it to Redis once it answers again.
+        if admitted != Some(false) {
             let mut held = r.held.lock().unwrap();
             held.entry(key).or_default().push(member);
         }
-        Some(admitted)
+        admitted
     }
 
     /// Gives the slot of `member` back (in the background: the caller is

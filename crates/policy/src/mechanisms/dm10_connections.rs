@@ -128,9 +128,9 @@ impl Connections {
         match self.open.admit(listener, peer, per_client, self.total) {
             Ok(()) => None,
             Err(over) => {
-                if shared == Some(true) {
-                    self.state.release("DM10", &self.key(ip), &member);
-                }
+                // Give back what `acquire` took (or holds for the
+                // heartbeat while Redis is away).
+                self.state.release("DM10", &self.key(ip), &member);
                 Some(too_many(over, ip))
             }
         }
@@ -195,6 +195,37 @@ mod tests {
         // The old policy's session ends: the new one sees it.
         old.release(l, addr("192.0.2.1:1"), 1);
         assert!(reloaded.admit(l, addr("192.0.2.1:3"), 3).await.is_none());
+    }
+
+    #[tokio::test]
+    async fn redis_away_the_node_counts_its_own_sessions_and_says_so() {
+        use crate::state::tests::Counted;
+        use palisade_config::{Seconds, StateBackend, StateSettings};
+        // Nothing listens there.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let settings = StateSettings {
+            backend: StateBackend::Redis,
+            url: format!("redis://127.0.0.1:{port}/0"),
+            timeout: Seconds(0.05),
+            ..StateSettings::default()
+        };
+        let sink = Arc::new(Counted::default());
+        let state = SharedState::from_settings(&settings, "t", sink.clone()).unwrap();
+        let limits = Connections::new(1, 10, "mx", state);
+        let l = addr("127.0.0.1:25");
+        assert!(limits.admit(l, addr("192.0.2.1:1"), 1).await.is_none());
+        assert_eq!(
+            limits.admit(l, addr("192.0.2.1:2"), 2).await.unwrap().code,
+            421
+        );
+        assert!(
+            sink.0.load(std::sync::atomic::Ordering::Relaxed) >= 2,
+            "each local decision is counted"
+        );
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
