@@ -201,12 +201,7 @@ impl Policy {
             traps: on(&m.dm27_spamtraps).map(|t| Spamtraps::new(t, opts.state.clone())),
             rates: on(&m.dm11_rates).map(|r| ClientRates::new(r, opts.state.clone())),
             connections: on(&m.dm10_connections).map(|c| {
-                Connections::new(
-                    c.per_client,
-                    c.total,
-                    opts.stage.name(),
-                    opts.state.clone(),
-                )
+                Connections::new(c.per_client, c.total, opts.stage.name(), opts.state.clone())
             }),
             sender_rate: on(&m.dm34_sender_rate).map(|s| SenderRate::new(s, opts.state.clone())),
             bad_rcpts: Events::new("DM36", opts.state.clone()),

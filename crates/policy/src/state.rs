@@ -186,21 +186,21 @@ impl SharedState {
             .set_max_delay(Duration::from_millis(100));
         let conn = ConnectionManager::new_lazy_with_config(client, config)?;
         let redis = Arc::new(Redis {
-                conn,
-                prefix: s.key_prefix.clone(),
-                timeout,
-                retry_after: s.retry_after.duration(),
-                paused_until: Mutex::new(None),
-                degraded: AtomicBool::new(false),
-                tag: format!("{node}.{}", std::process::id()),
-                seq: AtomicU64::new(0),
-                gcra: Script::new(GCRA),
-                events: Script::new(EVENTS),
-                acquire: Script::new(ACQUIRE),
-                renew: Script::new(RENEW),
-                lease: s.connection_lease.duration(),
-                held: Mutex::default(),
-                sink,
+            conn,
+            prefix: s.key_prefix.clone(),
+            timeout,
+            retry_after: s.retry_after.duration(),
+            paused_until: Mutex::new(None),
+            degraded: AtomicBool::new(false),
+            tag: format!("{node}.{}", std::process::id()),
+            seq: AtomicU64::new(0),
+            gcra: Script::new(GCRA),
+            events: Script::new(EVENTS),
+            acquire: Script::new(ACQUIRE),
+            renew: Script::new(RENEW),
+            lease: s.connection_lease.duration(),
+            held: Mutex::default(),
+            sink,
         });
         tokio::spawn(heartbeat(Arc::downgrade(&redis)));
         Ok(SharedState {

@@ -81,11 +81,7 @@ pub async fn on_hangup(
         match load(ctx).and_then(|config| also(&config).map(|()| config)) {
             Ok(config) => {
                 apply(ctx, &config);
-                info!(
-                    "{}: reloaded {}",
-                    ctx.node_name,
-                    ctx.config_path.display()
-                );
+                info!("{}: reloaded {}", ctx.node_name, ctx.config_path.display());
             }
             Err(e) => error!(
                 "{}: reload failed, keeping the running configuration: {e:#}",

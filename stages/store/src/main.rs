@@ -75,8 +75,13 @@ async fn store_main(ctx: Arc<NodeContext>) -> Result<()> {
         // (the mail waits in the antispam queue or goes to the peer store)
         // while IMAP and POP3 keep serving. The journal holds no messages,
         // so the node is drained once its intake sessions end.
-        let router =
-            palisade_stage::drain::routes(router, &ctx.node_name, &ctx.drain, &journal, &ctx.metrics);
+        let router = palisade_stage::drain::routes(
+            router,
+            &ctx.node_name,
+            &ctx.drain,
+            &journal,
+            &ctx.metrics,
+        );
         ctx.spawn_http(router);
     }
     let listener = smtp_listener;

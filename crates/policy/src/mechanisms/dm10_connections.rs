@@ -165,7 +165,11 @@ mod tests {
     async fn embedded_limits_per_client_and_total_and_frees_on_release() {
         let limits = Connections::new(2, 3, "mx", SharedState::embedded());
         let l = addr("127.0.0.1:25");
-        let (a1, a2, a3) = (addr("192.0.2.1:1"), addr("192.0.2.1:2"), addr("192.0.2.1:3"));
+        let (a1, a2, a3) = (
+            addr("192.0.2.1:1"),
+            addr("192.0.2.1:2"),
+            addr("192.0.2.1:3"),
+        );
         assert!(limits.admit(l, a1, 1).await.is_none());
         assert!(limits.admit(l, a2, 2).await.is_none());
         let r = limits.admit(l, a3, 3).await.unwrap();
@@ -189,7 +193,11 @@ mod tests {
         assert!(old.admit(l, addr("192.0.2.1:1"), 1).await.is_none());
         let reloaded = Connections::new(1, 10, "mx", state);
         assert_eq!(
-            reloaded.admit(l, addr("192.0.2.1:2"), 2).await.unwrap().code,
+            reloaded
+                .admit(l, addr("192.0.2.1:2"), 2)
+                .await
+                .unwrap()
+                .code,
             421
         );
         // The old policy's session ends: the new one sees it.
