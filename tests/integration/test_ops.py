@@ -439,3 +439,32 @@ def test_drain_keep_pauses_outgoing_deliveries_then_flush_delivers(arch_factory)
         assert count() == "0"
     finally:
         sink.close()
+
+
+def test_sighup_gives_the_antivirus_filter_its_new_scanner_policy(arch_factory):
+    """Content-filter settings reload too: with no clamd answering, the
+    default policy tempfails; after a reload to accept-tagged the same
+    message is accepted (tagged Unscanned), without a restart."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        dead = s.getsockname()[1]  # nothing listens there
+    head = '[stage.antivirus]\nnext = "antispam"\n'
+    virus = f'\n[stage.antivirus.virus]\nclamd = ["127.0.0.1:{dead}"]\nscan_timeout = "2s"\n'
+    arch = arch_factory(edit=lambda t: t.replace(head, head + virus, 1))
+    arch.start("antivirus-1")
+    msg, _ = make_message("sender@outside.test", USER, "scanner away")
+
+    def send():
+        with smtplib.SMTP(*arch.addr("antivirus-1"), timeout=30) as s:
+            s.ehlo("mx-1.example.test")
+            s.sendmail("sender@outside.test", [USER], msg)
+
+    with pytest.raises(smtplib.SMTPDataError) as refused:
+        send()
+    assert refused.value.smtp_code == 451
+    arch.config.write_text(arch.text.replace(
+        virus, virus + 'on_scanner_unavailable = "accept-tagged"\n', 1))
+    hup(arch, "antivirus-1", "reloaded the antivirus scanner and limits")
+    send()
+    assert arch.palisade("queue", "count", "--node", "antivirus-1").stdout.strip() == "1"
+    assert "passing the message UNSCANNED" in arch.log("antivirus-1")
