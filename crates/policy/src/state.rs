@@ -276,6 +276,9 @@ impl SharedState {
                 }
             }
         }
+        if r.paused() {
+            return; // its lease runs out
+        }
         tokio::spawn(async move {
             r.run(mechanism, |mut c| async move {
                 redis::cmd("ZREM")
@@ -491,6 +494,11 @@ async fn heartbeat(redis: Weak<Redis>) {
         let Some(r) = redis.upgrade() else {
             return;
         };
+        if r.paused() {
+            // Away: no decision was taken, so nothing to count; the next
+            // beat after `retry_after` renews (or re-adds) every slot.
+            continue;
+        }
         let held: Vec<(String, Vec<String>)> = r
             .held
             .lock()
@@ -524,6 +532,14 @@ impl Redis {
         format!("{}{}:{key}", self.prefix, mechanism.to_ascii_lowercase())
     }
 
+    /// Not to be asked (a failure less than `retry_after` ago).
+    fn paused(&self) -> bool {
+        self.paused_until
+            .lock()
+            .unwrap()
+            .is_some_and(|t| Instant::now() < t)
+    }
+
     /// `member` made unique between the nodes sharing this Redis.
     fn member(&self, member: &str) -> String {
         format!("{}.{member}", self.tag)
@@ -536,12 +552,7 @@ impl Redis {
         F: FnOnce(ConnectionManager) -> Fut,
         Fut: std::future::Future<Output = redis::RedisResult<T>>,
     {
-        let paused = self
-            .paused_until
-            .lock()
-            .unwrap()
-            .is_some_and(|t| Instant::now() < t);
-        if paused {
+        if self.paused() {
             self.sink.degraded(mechanism);
             return None;
         }
