@@ -14,7 +14,7 @@ cd "$(dirname "$0")/.."
 # haproxy, iproute2 and systemd-analyze (the deployment kit and netns tests).
 packages=(python3 python3-pytest swaks postfix clamav-daemon clamav dnsmasq-base
           redis-server fetchmail mutt ca-certificates openssl chromium
-          nftables haproxy iproute2 systemd dovecot-imapd
+          nftables haproxy iproute2 systemd dovecot-imapd keepalived
           nsd ldnsutils)
 missing=()
 for p in "${packages[@]}"; do

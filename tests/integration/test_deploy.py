@@ -10,6 +10,7 @@ directory with ExecStart pointing at this build's binaries instead of
 
 import re
 import shutil
+import signal
 import subprocess
 from pathlib import Path
 
@@ -117,3 +118,33 @@ def test_haproxy_example_is_valid_and_sends_proxy_v2_with_smtp_checks():
     assert p.returncode == 0, p.stdout + p.stderr
     text = cfg.read_text()
     assert "send-proxy-v2" in text and "option smtpchk" in text
+
+
+def keepalived_check(conf, tmp_path):
+    """`keepalived -t -f` on the example as a host would run it. The file
+    names its script user `palisade`, which this test host does not have:
+    the copy runs its check script as `nobody` instead (nothing else
+    changes). keepalived 2.2 ends a config test by SIGTERMing itself
+    whether the file is good or not, so the verdict is its output: every
+    line it prints is a problem."""
+    text = conf.replace("script_user palisade", "script_user nobody")
+    f = tmp_path / "keepalived.conf"
+    f.write_text(text)
+    p = subprocess.run(["keepalived", "-t", "-f", str(f)], capture_output=True, text=True,
+                       timeout=60, cwd=tmp_path)
+    return p.returncode, (p.stdout + p.stderr).strip()
+
+
+@pytest.mark.skipif(shutil.which("keepalived") is None, reason="keepalived not installed")
+def test_keepalived_example_passes_its_config_test(tmp_path):
+    conf = (DEPLOY / "keepalived" / "keepalived.conf").read_text()
+    assert "script_user palisade" in conf and "enable_script_security" in conf
+    code, out = keepalived_check(conf, tmp_path)
+    assert code in (0, -signal.SIGTERM) and out == "", (code, out)
+    # The check can fail: a misspelt keyword and a track_script naming no
+    # vrrp_script are reported.
+    code, out = keepalived_check(conf.replace("advert_int 1", "advert_intt 1"), tmp_path)
+    assert "Unknown keyword 'advert_intt'" in out, out
+    code, out = keepalived_check(conf.replace("        mx_alive\n    }", "        mx_alvie\n    }"),
+                                 tmp_path)
+    assert "mx_alvie" in out, out

@@ -158,7 +158,7 @@ def test_reload_with_an_unreadable_key_keeps_the_running_signer(rotation):
     arch.config.write_text(arch.config.read_text().replace(
         f'key = "{keydir / (DOMAIN + ".old.pem")}"', f'key = "{keydir / "gone.pem"}"'))
     arch.procs["outgoing-1"].send_signal(signal.SIGHUP)
-    assert wait_for(lambda: "DKIM keys not reloaded, the running keys keep signing"
+    assert wait_for(lambda: "could not reload the DKIM keys, keeping the running one"
                     in arch.log("outgoing-1"), what="the refused reload in the log")
     assert "gone.pem" in arch.log("outgoing-1")
     send(arch, "still-old")

@@ -11,6 +11,7 @@ import re
 import signal
 import smtplib
 import socket
+import ssl
 import subprocess
 import threading
 import time
@@ -285,3 +286,185 @@ def test_drain_keep_holds_the_queue_until_undrain(arch_factory):
     got = wait_for(lambda: (lambda g: g if len(g) == 3 else None)(pop3_messages(arch, USER)),
                    timeout=60, what="the kept mail")
     assert sorted(message_ids(got)) == sorted(ids)
+
+
+# ------------------------------------------------- what a reload keeps and renews --
+
+def hup(arch, node, line=None):
+    """SIGHUP `node` and wait for its reload log line (or `line`)."""
+    line = line or f"reloaded {arch.config}"
+    before = arch.log(node).count(line)
+    os.kill(arch.procs[node].pid, signal.SIGHUP)
+    wait_for(lambda: arch.log(node).count(line) > before, timeout=15, what=f"{node}: {line}")
+
+
+def banner_code(addr, source):
+    c = Raw(addr, read_banner=False, source=source)
+    code, text = c.reply()
+    c.close()
+    return code, text[:5]
+
+
+def test_client_at_its_rate_limit_stays_limited_across_a_sighup(arch_factory):
+    arch = arch_factory(edit=lambda t: t.replace("connections_per_minute = 120",
+                                                 "connections_per_minute = 2", 1))
+    arch.add_user(USER)
+    arch.start("store-staff", "mx-1")
+    mx = arch.addr("mx-1")
+    # 127.0.0.1 is a trusted network (no limits); .31 is a stranger.
+    assert [banner_code(mx, "127.0.0.31")[0] for _ in range(2)] == [220, 220]
+    assert banner_code(mx, "127.0.0.31") == (421, "4.7.0")
+    hup(arch, "mx-1")
+    # The new policy counts on the node's buckets: still limited.
+    assert banner_code(mx, "127.0.0.31") == (421, "4.7.0")
+    assert banner_code(mx, "127.0.0.32")[0] == 220
+
+
+def peer_cert(addr, starttls):
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    if starttls:
+        with smtplib.SMTP(*addr, timeout=30) as s:
+            s.starttls(context=ctx)
+            return s.sock.getpeercert(binary_form=True)
+    with socket.create_connection(addr, timeout=30) as raw:
+        with ctx.wrap_socket(raw) as tls:
+            return tls.getpeercert(binary_form=True)
+
+
+def new_cert(tmp, name):
+    key, cert = tmp / f"{name}.key", tmp / f"{name}.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+                    "-subj", f"/CN={name}", "-keyout", str(key), "-out", str(cert)],
+                   check=True, capture_output=True, timeout=60)
+    return key, cert, ssl.PEM_cert_to_DER_cert(cert.read_text())
+
+
+def test_sighup_renews_the_tls_certificate_of_mx_and_store_a_bad_one_is_refused(arch, tmp_path):
+    arch.add_user(USER)
+    arch.start("store-staff", "mx-1")
+    mx, pop3s = arch.addr("mx-1"), arch.addr("store-staff", "pop3s")
+    first = peer_cert(mx, starttls=True)
+    # certbot's renewal: new files in place, then a reload.
+    key, cert, renewed = new_cert(tmp_path, "renewed.example.test")
+    assert renewed != first
+    tls_dir = arch.data / "tls"
+    os.replace(key, tls_dir / "key.pem")
+    os.replace(cert, tls_dir / "cert.pem")
+    for node in ("mx-1", "store-staff"):
+        hup(arch, node, "reloaded the TLS certificate")
+    assert peer_cert(mx, starttls=True) == renewed
+    assert peer_cert(pop3s, starttls=False) == renewed
+    # A certificate that does not match its key: refused, the renewed one
+    # stays in service.
+    _, other_cert, _ = new_cert(tmp_path, "mismatch.example.test")
+    os.replace(other_cert, tls_dir / "cert.pem")
+    hup(arch, "mx-1", "could not reload the TLS certificate")
+    assert "do not match" in arch.log("mx-1").split("could not reload the TLS certificate")[-1]
+    assert peer_cert(mx, starttls=True) == renewed
+    assert arch.procs["mx-1"].poll() is None
+
+
+def test_store_drain_stops_smtp_intake_keeps_pop3_and_reload_sets_limits(arch):
+    arch.add_user(USER)
+    arch.start("store-staff")
+    store = arch.addr("store-staff")
+    msg, msgid = make_message("sender@outside.test", USER, "before reload",
+                              body=("x" * 70 + "\r\n") * 60)
+    with smtplib.SMTP(*store, timeout=30) as s:
+        s.sendmail("sender@outside.test", [USER], msg)
+    # Reload: a message size limit for new intake sessions.
+    arch.config.write_text(arch.text.replace(
+        "[stage.store]\n", "[stage.store]\n\n[stage.store.limits]\nmax_message_size = 3000\n", 1))
+    hup(arch, "store-staff")
+    with smtplib.SMTP(*store, timeout=30) as s:
+        s.ehlo("antispam-1")
+        assert int(s.esmtp_features["size"]) == 3000
+        with pytest.raises(smtplib.SMTPException):
+            s.sendmail("sender@outside.test", [USER], msg)
+
+    out = arch.palisade("drain", "store-staff").stdout
+    assert re.search(r"^store-staff: drain(ing|ed) \(flush\)", out, re.M), out
+    # New SMTP/LMTP intake: 421 4.3.2 (the mail waits upstream)...
+    assert banner_code(store, "127.0.0.1") == (421, "4.3.2")
+    # ...while the users still read their mail.
+    assert message_ids(pop3_messages(arch, USER)) == [msgid]
+    state, out = drain_status(arch, "store-staff")
+    assert state == "drained", out
+    arch.palisade("undrain", "store-staff")
+    assert banner_code(store, "127.0.0.1")[0] == 220
+
+
+def test_drain_keep_pauses_outgoing_deliveries_then_flush_delivers(arch_factory):
+    from conftest import SmtpSink
+    from test_content import relay_outgoing_to
+
+    deferring = {"on": True}
+    sink = SmtpSink(reply_to_rcpt=lambda r: "451 4.3.0 later" if deferring["on"] else "250 2.1.5 Ok")
+
+    def edit(text):
+        text = relay_outgoing_to(sink, text)
+        return text.replace('[stage.outgoing.queue]\nmin_retry = "5m"',
+                            '[stage.outgoing.queue]\nmin_retry = "1s"', 1).replace(
+                                'max_retry = "1h"', 'max_retry = "2s"', 1)
+
+    try:
+        arch = arch_factory(edit=edit)
+        arch.start("outgoing-1")
+        out1 = arch.addr("outgoing-1")
+        for i in range(3):
+            msg, _ = make_message(USER, "bob@remote.test", f"outgoing kept {i}")
+            with smtplib.SMTP(*out1, timeout=30) as s:
+                s.ehlo("antispam-1")
+                s.sendmail(USER, ["bob@remote.test"], msg)
+        count = lambda: arch.palisade("queue", "count", "--node", "outgoing-1").stdout.strip()
+        assert count() == "3"
+        out = arch.palisade("drain", "outgoing-1", "--keep").stdout
+        assert "(keep)" in out, out
+        # The destination takes mail now; the drained node keeps its queue.
+        deferring["on"] = False
+        wait_for(lambda: drain_status(arch, "outgoing-1")[0] == "drained", timeout=30,
+                 what="drained (keep)")
+        # (The sink records deferred transactions too, with no recipient.)
+        delivered = lambda: [m for m in sink.messages if m[1]]
+        time.sleep(4)  # several retry intervals (1-2 s)
+        assert delivered() == []
+        assert count() == "3"
+        # `--flush`: it delivers everything, then reports drained.
+        p = arch.palisade("drain", "outgoing-1", "--flush", "--wait", "--timeout", "60",
+                          check=False)
+        assert p.returncode == 0, p.stdout + p.stderr
+        assert len(delivered()) == 3
+        assert count() == "0"
+    finally:
+        sink.close()
+
+
+def test_sighup_gives_the_antivirus_filter_its_new_scanner_policy(arch_factory):
+    """Content-filter settings reload too: with no clamd answering, the
+    default policy tempfails; after a reload to accept-tagged the same
+    message is accepted (tagged Unscanned), without a restart."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        dead = s.getsockname()[1]  # nothing listens there
+    head = '[stage.antivirus]\nnext = "antispam"\n'
+    virus = f'\n[stage.antivirus.virus]\nclamd = ["127.0.0.1:{dead}"]\nscan_timeout = "2s"\n'
+    arch = arch_factory(edit=lambda t: t.replace(head, head + virus, 1))
+    arch.start("antivirus-1")
+    msg, _ = make_message("sender@outside.test", USER, "scanner away")
+
+    def send():
+        with smtplib.SMTP(*arch.addr("antivirus-1"), timeout=30) as s:
+            s.ehlo("mx-1.example.test")
+            s.sendmail("sender@outside.test", [USER], msg)
+
+    with pytest.raises(smtplib.SMTPDataError) as refused:
+        send()
+    assert refused.value.smtp_code == 451
+    arch.config.write_text(arch.text.replace(
+        virus, virus + 'on_scanner_unavailable = "accept-tagged"\n', 1))
+    hup(arch, "antivirus-1", "reloaded the antivirus scanner and limits")
+    send()
+    assert arch.palisade("queue", "count", "--node", "antivirus-1").stdout.strip() == "1"
+    assert "passing the message UNSCANNED" in arch.log("antivirus-1")

@@ -94,12 +94,13 @@ def sink():
     s.close()
 
 
-def shared_state(redis):
+def shared_state(redis, lease="30s"):
     return ("[node.mx-1]", f'[gateway.state]\nbackend = "redis"\n'
             f'url = "redis://127.0.0.1:{redis.port}/0"\n'
             'key_prefix = "palisade:"\n'
             # Generous for a busy test machine; production: the 50 ms default.
-            'timeout = "250ms"\nretry_after = "500ms"\n\n[node.mx-1]')
+            'timeout = "250ms"\nretry_after = "500ms"\n'
+            f'connection_lease = "{lease}"\n\n[node.mx-1]')
 
 
 def pair(arch_factory, dns, sink, *edits):
@@ -150,6 +151,50 @@ def test_client_rate_limit_counts_across_both_nodes(arch_factory, dns, sink, red
         assert code_of(c.reply()) == (421, "4.7.0")
     # Another client has its own bucket.
     assert Smtp(a.addr("mx-2"), source="127.0.0.7").banner[0] == 220
+
+
+def test_simultaneous_connections_count_across_the_pair_and_a_dead_nodes_slots_expire(
+        arch_factory, dns, sink, redis):
+    a = pair(arch_factory, dns, sink, shared_state(redis, lease="3s"),
+             ("per_client = 20", "per_client = 2"))
+    client = "127.0.0.21"
+
+    def refused(node):
+        c = Smtp(a.addr(node), source=client, banner=False)
+        code, text = c.reply()
+        return (code, text[:5]) == (421, "4.7.0") and f"Too many connections from {client}" in text
+
+    held = [Smtp(a.addr("mx-1"), source=client), Smtp(a.addr("mx-2"), source=client)]
+    assert [c.banner[0] for c in held] == [220, 220]
+    assert redis.keys(f"palisade:dm10:mx:{client}")
+    # One connection open on each node: the third is refused by either.
+    assert refused("mx-1") and refused("mx-2")
+    # Another client has its own count.
+    assert Smtp(a.addr("mx-1"), source="127.0.0.22").banner[0] == 220
+    # One session ends (QUIT): its slot is free for a new one on the other
+    # node (the release is sent as the session ends).
+    assert held[0].cmd("QUIT")[0] == 221
+    held[0].close()
+
+    def admitted_on_mx2():
+        c = Smtp(a.addr("mx-2"), source=client, banner=False)
+        if c.reply()[0] == 220:
+            return c
+        return None
+
+    held[0] = wait_for(admitted_on_mx2, timeout=10, what="the freed slot")
+    # Both sessions are now on mx-2; it dies with them open. Its slots
+    # still count until their lease (3 s, renewed by mx-2's heartbeat
+    # while it lived) runs out...
+    a.kill("mx-2")
+    assert refused("mx-1")
+
+    def admitted_on_mx1():
+        c = Smtp(a.addr("mx-1"), source=client, banner=False)
+        return c.reply()[0] == 220
+
+    # ...and no longer: mx-1 admits the client again.
+    wait_for(admitted_on_mx1, timeout=20, what="the dead node's slots to expire")
 
 
 def test_redis_down_mail_flows_degradation_counted_then_shared_again(

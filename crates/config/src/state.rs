@@ -38,6 +38,10 @@ pub struct StateSettings {
     /// After a failure, Redis is not asked again for this long (every
     /// decision meanwhile is local and costs nothing).
     pub retry_after: Seconds,
+    /// DM10 with Redis: a session's connection slot lives this long
+    /// without its node's heartbeat (renewed every third of it). A node
+    /// killed with sessions open frees their slots after it.
+    pub connection_lease: Seconds,
 }
 
 impl Default for StateSettings {
@@ -48,6 +52,7 @@ impl Default for StateSettings {
             key_prefix: "palisade:".into(),
             timeout: Seconds(0.05),
             retry_after: Seconds(1.0),
+            connection_lease: Seconds(30.0),
         }
     }
 }
@@ -74,6 +79,12 @@ pub(crate) fn validate(config: &Config, problems: &mut Vec<Problem>) {
     }
     if s.retry_after.0 <= 0.0 {
         problems.push((at("retry_after"), "must be above 0".into()));
+    }
+    if s.connection_lease.0 < 1.0 {
+        problems.push((
+            at("connection_lease"),
+            "must be at least 1s (the heartbeat renews it every third)".into(),
+        ));
     }
     for (&stage, st) in &config.stage {
         let at = |k: &str| vec!["stage".to_string(), stage.name().into(), k.into()];

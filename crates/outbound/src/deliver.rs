@@ -37,7 +37,7 @@ use palisade_smtp_client::{
 use palisade_stage::received::{received_header, Hop};
 use palisade_stage::NodeContext;
 use tokio::sync::Semaphore;
-use tracing::{error, info, warn};
+use tracing::{info, warn};
 
 use crate::bounce::{
     self, classify_client_error, classify_reply, classify_resolve_error, Classified,
@@ -131,7 +131,7 @@ pub struct Deliverer {
 
 impl Deliverer {
     pub fn new(ctx: Arc<NodeContext>, queue: Queue) -> anyhow::Result<Arc<Deliverer>> {
-        let settings = ctx.settings();
+        let settings = StageSettings::clone(&ctx.settings());
         let o = &settings.outbound;
         let dns = DnsResolver::new(ctx.config.gateway.dns)?;
         let dkim = RwLock::new(Arc::new(DkimSigners::load(&o.dkim)?));
@@ -187,11 +187,12 @@ impl Deliverer {
             reports,
         });
         let me = Arc::downgrade(&deliverer);
-        deliverer.ctx.on_reload.register(move |config| {
-            if let Some(me) = me.upgrade() {
-                me.reload_dkim(config);
-            }
-        });
+        deliverer
+            .ctx
+            .on_reload("DKIM keys", move |config| match me.upgrade() {
+                Some(me) => me.reload_dkim(config),
+                None => Ok(()),
+            });
         Ok(deliverer)
     }
 
@@ -202,19 +203,15 @@ impl Deliverer {
     /// A reload: the keys of the new configuration sign the next message
     /// (key rotation without a restart). A key that cannot be read keeps
     /// the whole running set: better the old selector than no signature.
-    fn reload_dkim(self: &Arc<Self>, config: &palisade_config::Config) {
+    fn reload_dkim(self: &Arc<Self>, config: &palisade_config::Config) -> anyhow::Result<()> {
         let keys = &config.settings(StageKind::Outgoing).outbound.dkim;
-        match DkimSigners::load(keys) {
-            Ok(new) => {
-                let new = Arc::new(new);
-                *self.dkim.write().unwrap() = new.clone();
-                info!("DKIM keys reloaded: signing with {}", new.describe());
-                // A domain with several signing keys picks by DNS again.
-                let me = self.clone();
-                tokio::spawn(async move { new.verify_published(&me.dns).await });
-            }
-            Err(e) => error!("DKIM keys not reloaded, the running keys keep signing: {e:#}"),
-        }
+        let new = Arc::new(DkimSigners::load(keys)?);
+        *self.dkim.write().unwrap() = new.clone();
+        info!("DKIM keys reloaded: signing with {}", new.describe());
+        // A domain with several signing keys picks by DNS again.
+        let me = self.clone();
+        tokio::spawn(async move { new.verify_published(&me.dns).await });
+        Ok(())
     }
 
     fn outbound(&self) -> &OutboundSettings {
@@ -264,7 +261,9 @@ impl Deliverer {
             }));
         }
         loop {
-            let id = self.queue.next_due().await;
+            // `palisade drain --keep` holds deliveries (the queue stays for
+            // the restart); `--flush` keeps delivering.
+            let id = self.ctx.drain.next_delivery(&self.queue).await;
             let slot = self
                 .slots
                 .clone()
@@ -273,7 +272,10 @@ impl Deliverer {
                 .expect("never closed");
             let me = self.clone();
             tokio::spawn(async move {
+                let ctx = me.ctx.clone();
+                let counted = ctx.drain.delivery();
                 me.attempt(id).await;
+                drop(counted);
                 drop(slot);
             });
         }

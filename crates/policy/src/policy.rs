@@ -97,6 +97,8 @@ struct SessionState {
     spf: Option<SpfOutput>,
     bad_rcpts: u32,
     last_rcpt: Option<Instant>,
+    /// DM10 admitted the session: its slot is released at the end.
+    connection_slot: bool,
 }
 
 /// A message's outcome when it may be queued.
@@ -198,7 +200,9 @@ impl Policy {
             rules: on(&m.dm23_regex).map(Rules::new).transpose()?,
             traps: on(&m.dm27_spamtraps).map(|t| Spamtraps::new(t, opts.state.clone())),
             rates: on(&m.dm11_rates).map(|r| ClientRates::new(r, opts.state.clone())),
-            connections: on(&m.dm10_connections).map(|c| Connections::new(c.per_client, c.total)),
+            connections: on(&m.dm10_connections).map(|c| {
+                Connections::new(c.per_client, c.total, opts.stage.name(), opts.state.clone())
+            }),
             sender_rate: on(&m.dm34_sender_rate).map(|s| SenderRate::new(s, opts.state.clone())),
             bad_rcpts: Events::new("DM36", opts.state.clone()),
             sessions: Mutex::default(),
@@ -323,7 +327,7 @@ impl Policy {
         // Postfix exempts mynetworks from its client limits
         // (smtpd_client_event_limit_exceptions); so do we, via `trusted`.
         if let Some(conns) = &self.connections {
-            if let Some(reply) = conns.admit(c.local, c.peer) {
+            if let Some(reply) = conns.admit(c.local, c.peer, c.session).await {
                 return self.refused(
                     c,
                     Refusal {
@@ -332,6 +336,7 @@ impl Policy {
                     },
                 );
             }
+            self.with_session(c.session, |s| s.connection_slot = true);
         }
         if let Some(rates) = &self.rates {
             if let Some(reply) = rates.connection(ip).await {
@@ -356,6 +361,17 @@ impl Policy {
             }
         }
         Ok(())
+    }
+
+    /// The session has ended: its DM10 slot (if it held one) is free and
+    /// its per-session state goes.
+    pub fn on_close(&self, c: &Client<'_>) {
+        let ended = self.sessions.lock().unwrap().remove(&c.session);
+        if ended.is_some_and(|s| s.connection_slot) {
+            if let Some(conns) = &self.connections {
+                conns.release(c.local, c.peer, c.session);
+            }
+        }
     }
 
     pub async fn on_helo(&self, c: &Client<'_>, name: &str) -> Result<(), Refusal> {

@@ -12,6 +12,11 @@
 //! `SET NX PX`), so two nodes never race on a key, and uses the Redis
 //! server's clock (`TIME`), so the nodes' clocks need not agree.
 //!
+//! Each node builds its [`SharedState`] once and hands it to every policy
+//! a reload builds: the Redis connection and this node's own counters
+//! ([`SharedState::local`]) outlive a SIGHUP, so a client at its limit
+//! stays at it.
+//!
 //! # Failure modes
 //! Redis unreachable, slow (past `timeout`) or erroring: the operation
 //! returns `None` and the mechanism decides from its local state (see the
@@ -22,9 +27,10 @@
 //! `timeout` per `retry_after`, not one per command; the connection
 //! manager reconnects by itself.
 
+use std::any::Any;
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use palisade_config::{StateBackend, StateSettings};
@@ -69,10 +75,49 @@ end
 return redis.call('ZCARD', KEYS[1])
 ";
 
-/// The shared backend of one node, or none (embedded). Cheap to clone.
+/// DM10 slot of one live session: a sorted set per client whose members
+/// are session ids scored by the end of their lease. Expired leases (a
+/// node killed with sessions open) are dropped here, in the same atomic
+/// step that admits, so a dead node's slots free themselves. Returns 1
+/// when admitted.
+const ACQUIRE: &str = r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local lease = tonumber(ARGV[1])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[2]) then return 0 end
+redis.call('ZADD', KEYS[1], now + lease, ARGV[3])
+redis.call('PEXPIRE', KEYS[1], lease)
+return 1
+";
+
+/// The heartbeat of a node's live sessions: renews the lease of every
+/// member in ARGV[2..] (adding back one Redis lost while it was away).
+const RENEW: &str = r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local lease = tonumber(ARGV[1])
+for i = 2, #ARGV do
+  redis.call('ZADD', KEYS[1], now + lease, ARGV[i])
+end
+redis.call('PEXPIRE', KEYS[1], lease)
+return #ARGV - 1
+";
+
+/// The policy-state backend of one node: Redis shared by the pair, or
+/// none (embedded), and this node's own state either way. Cheap to clone.
 #[derive(Clone)]
 pub struct SharedState {
     inner: Option<Arc<Redis>>,
+    local: Arc<Local>,
+}
+
+/// This node's own state of the mechanisms, by name: the embedded backend,
+/// and the fallback while Redis is away. It belongs to the node, not to a
+/// policy, so it survives reloads.
+#[derive(Default)]
+pub struct Local {
+    parts: Mutex<HashMap<String, Arc<dyn Any + Send + Sync>>>,
 }
 
 struct Redis {
@@ -88,13 +133,23 @@ struct Redis {
     seq: AtomicU64,
     gcra: Script,
     events: Script,
+    acquire: Script,
+    renew: Script,
+    /// How long a DM10 slot lives without a heartbeat.
+    lease: Duration,
+    /// The DM10 slots this node's sessions hold: key -> members, renewed
+    /// by the heartbeat.
+    held: Mutex<HashMap<String, Vec<String>>>,
     sink: Arc<dyn DegradedSink>,
 }
 
 impl SharedState {
     /// No shared backend: every mechanism keeps its state on this node.
     pub fn embedded() -> Self {
-        SharedState { inner: None }
+        SharedState {
+            inner: None,
+            local: Arc::default(),
+        }
     }
 
     /// The backend `[gateway.state]` names. Redis is connected lazily (and
@@ -105,8 +160,20 @@ impl SharedState {
         node: &str,
         sink: Arc<dyn DegradedSink>,
     ) -> anyhow::Result<Self> {
+        Self::embedded().reconfigured(s, node, sink)
+    }
+
+    /// The backend `s` names, keeping this node's local state (a reload
+    /// that changed `[gateway.state]`).
+    pub fn reconfigured(
+        &self,
+        s: &StateSettings,
+        node: &str,
+        sink: Arc<dyn DegradedSink>,
+    ) -> anyhow::Result<Self> {
+        let local = self.local.clone();
         if s.backend == StateBackend::Embedded {
-            return Ok(Self::embedded());
+            return Ok(SharedState { inner: None, local });
         }
         let timeout = s.timeout.duration();
         let client = redis::Client::open(s.url.as_str())?;
@@ -118,21 +185,110 @@ impl SharedState {
             .set_min_delay(Duration::from_millis(10))
             .set_max_delay(Duration::from_millis(100));
         let conn = ConnectionManager::new_lazy_with_config(client, config)?;
+        let redis = Arc::new(Redis {
+            conn,
+            prefix: s.key_prefix.clone(),
+            timeout,
+            retry_after: s.retry_after.duration(),
+            paused_until: Mutex::new(None),
+            degraded: AtomicBool::new(false),
+            tag: format!("{node}.{}", std::process::id()),
+            seq: AtomicU64::new(0),
+            gcra: Script::new(GCRA),
+            events: Script::new(EVENTS),
+            acquire: Script::new(ACQUIRE),
+            renew: Script::new(RENEW),
+            lease: s.connection_lease.duration(),
+            held: Mutex::default(),
+            sink,
+        });
+        tokio::spawn(heartbeat(Arc::downgrade(&redis)));
         Ok(SharedState {
-            inner: Some(Arc::new(Redis {
-                conn,
-                prefix: s.key_prefix.clone(),
-                timeout,
-                retry_after: s.retry_after.duration(),
-                paused_until: Mutex::new(None),
-                degraded: AtomicBool::new(false),
-                tag: format!("{node}.{}", std::process::id()),
-                seq: AtomicU64::new(0),
-                gcra: Script::new(GCRA),
-                events: Script::new(EVENTS),
-                sink,
-            })),
+            inner: Some(redis),
+            local,
         })
+    }
+
+    /// This node's part `name` (made by `make` the first time): state a
+    /// mechanism keeps across reloads, e.g. its local buckets. A name whose
+    /// part has another type (a reload changed the mechanism's limits and
+    /// the name says so) gets a new one.
+    pub fn local<T: Any + Send + Sync>(&self, name: &str, make: impl FnOnce() -> T) -> Arc<T> {
+        let mut parts = self.local.parts.lock().unwrap();
+        if let Some(part) = parts.get(name).and_then(|p| p.clone().downcast::<T>().ok()) {
+            return part;
+        }
+        let part = Arc::new(make());
+        parts.insert(name.to_string(), part.clone());
+        part
+    }
+
+    /// Takes one of at most `limit` slots of `key` for `member` (a live
+    /// session), held until [`release`](Self::release) or, should this
+    /// node die, until its lease runs out. `None` = decide locally.
+    pub async fn acquire(
+        &self,
+        mechanism: &'static str,
+        key: &str,
+        member: &str,
+        limit: usize,
+    ) -> Option<bool> {
+        let r = self.inner.as_ref()?;
+        let key = r.key(mechanism, key);
+        let member = r.member(member);
+        let lease = (r.lease.as_millis() as u64).max(1);
+        let (k, m) = (key.clone(), member.clone());
+        let admitted = r
+            .run(mechanism, |mut c| async move {
+                r.acquire
+                    .key(k)
+                    .arg(lease)
+                    .arg(limit)
+                    .arg(m)
+                    .invoke_async::<i64>(&mut c)
+                    .await
+                    .map(|v| v == 1)
+            })
+            .await;
+        // A session admitted locally while Redis is away is held too: the
+        // heartbeat adds it to Redis once it answers again.
+        if admitted != Some(false) {
+            let mut held = r.held.lock().unwrap();
+            held.entry(key).or_default().push(member);
+        }
+        admitted
+    }
+
+    /// Gives the slot of `member` back (in the background: the caller is
+    /// a session that ended). A Redis that is away lets the lease run out.
+    pub fn release(&self, mechanism: &'static str, key: &str, member: &str) {
+        let Some(r) = self.inner.clone() else {
+            return;
+        };
+        let key = r.key(mechanism, key);
+        let member = r.member(member);
+        {
+            let mut held = r.held.lock().unwrap();
+            if let Some(members) = held.get_mut(&key) {
+                members.retain(|m| *m != member);
+                if members.is_empty() {
+                    held.remove(&key);
+                }
+            }
+        }
+        if r.paused() {
+            return; // its lease runs out
+        }
+        tokio::spawn(async move {
+            r.run(mechanism, |mut c| async move {
+                redis::cmd("ZREM")
+                    .arg(key)
+                    .arg(member)
+                    .query_async::<i64>(&mut c)
+                    .await
+            })
+            .await;
+        });
     }
 
     /// Whether a shared backend is configured (it may be down).
@@ -296,15 +452,15 @@ impl LocalEvents {
 pub struct Events {
     mechanism: &'static str,
     state: SharedState,
-    local: LocalEvents,
+    local: Arc<LocalEvents>,
 }
 
 impl Events {
     pub fn new(mechanism: &'static str, state: SharedState) -> Self {
         Events {
             mechanism,
+            local: state.local(mechanism, LocalEvents::default),
             state,
-            local: LocalEvents::default(),
         }
     }
 
@@ -326,9 +482,67 @@ impl Events {
     }
 }
 
+/// Renews the leases of the node's live DM10 sessions every third of the
+/// lease, until the backend is dropped.
+async fn heartbeat(redis: Weak<Redis>) {
+    let period = match redis.upgrade() {
+        Some(r) => (r.lease / 3).max(Duration::from_millis(100)),
+        None => return,
+    };
+    loop {
+        tokio::time::sleep(period).await;
+        let Some(r) = redis.upgrade() else {
+            return;
+        };
+        if r.paused() {
+            // Away: no decision was taken, so nothing to count; the next
+            // beat after `retry_after` renews (or re-adds) every slot.
+            continue;
+        }
+        let held: Vec<(String, Vec<String>)> = r
+            .held
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(k, m)| (k.clone(), m.clone()))
+            .collect();
+        let lease = (r.lease.as_millis() as u64).max(1);
+        for (key, members) in held {
+            let renew = &r.renew;
+            let done = r
+                .run("DM10", |mut c| async move {
+                    let mut call = renew.key(key);
+                    call.arg(lease);
+                    for m in &members {
+                        call.arg(m);
+                    }
+                    call.invoke_async::<i64>(&mut c).await
+                })
+                .await;
+            if done.is_none() {
+                // Away: the others wait for the next beat.
+                break;
+            }
+        }
+    }
+}
+
 impl Redis {
     fn key(&self, mechanism: &str, key: &str) -> String {
         format!("{}{}:{key}", self.prefix, mechanism.to_ascii_lowercase())
+    }
+
+    /// Not to be asked (a failure less than `retry_after` ago).
+    fn paused(&self) -> bool {
+        self.paused_until
+            .lock()
+            .unwrap()
+            .is_some_and(|t| Instant::now() < t)
+    }
+
+    /// `member` made unique between the nodes sharing this Redis.
+    fn member(&self, member: &str) -> String {
+        format!("{}.{member}", self.tag)
     }
 
     /// Runs one command unless Redis is paused after a failure; any error
@@ -338,12 +552,7 @@ impl Redis {
         F: FnOnce(ConnectionManager) -> Fut,
         Fut: std::future::Future<Output = redis::RedisResult<T>>,
     {
-        let paused = self
-            .paused_until
-            .lock()
-            .unwrap()
-            .is_some_and(|t| Instant::now() < t);
-        if paused {
+        if self.paused() {
             self.sink.degraded(mechanism);
             return None;
         }

@@ -17,7 +17,8 @@ pub struct TlsInfo {
 /// What the session knows about its client; handed to every hook.
 #[derive(Clone, Debug)]
 pub struct SessionInfo {
-    /// Unique per listener process, for logs.
+    /// Unique in the process (every listener), for logs and per-session
+    /// state.
     pub id: u64,
     /// The client: the TCP peer, or behind a trusted PROXY-protocol load
     /// balancer the client address its header carries.
@@ -52,6 +53,10 @@ pub trait Hooks: Send + Sync + 'static {
     fn on_connect(&self, _s: &SessionInfo) -> impl Future<Output = Result<(), Reply>> + Send {
         async { Ok(()) }
     }
+    /// The session has ended (whatever the reason, refused at connect
+    /// included) and its socket is closed: per-session state can go, e.g.
+    /// the DM10 connection slot it held. Must not block.
+    fn on_close(&self, _s: &SessionInfo) {}
     /// A syntactically valid HELO/EHLO; `s.helo` still holds the old name.
     fn on_helo(
         &self,

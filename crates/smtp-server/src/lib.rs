@@ -77,6 +77,8 @@ pub async fn serve<H: Hooks>(
     serve_with(listener, service, Gate::default()).await
 }
 
+static NEXT_SESSION: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
 /// Like [`serve`], taking each new session's settings and hooks from
 /// `service` (a reload sends a new pair) and admitting sessions through
 /// `gate` (drain: new connections get `421 4.3.2`).
@@ -87,7 +89,6 @@ pub async fn serve_with<H: Hooks>(
 ) -> std::io::Result<()> {
     let mut cap = service.borrow().config.max_sessions;
     let sessions = Arc::new(Semaphore::new(cap));
-    let mut next_id: u64 = 0;
     loop {
         let (socket, peer) = match listener.accept().await {
             Ok(accepted) => accepted,
@@ -107,8 +108,9 @@ pub async fn serve_with<H: Hooks>(
         };
         // Replies are batched by the session; Nagle would only add delay.
         let _ = socket.set_nodelay(true);
-        next_id += 1;
-        let id = next_id;
+        // Unique in the process, not just the listener: the MSA's 587 and
+        // 465 sessions share one policy that keys its state by session.
+        let id = NEXT_SESSION.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
         let Service { config, hooks } = service.borrow_and_update().clone();
         // A reload may change the session cap; sessions already open keep
         // their permits.

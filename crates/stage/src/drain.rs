@@ -86,6 +86,21 @@ impl Drain {
         let _ = rx.wait_for(|m| *m != Some(Mode::Keep)).await;
     }
 
+    /// The next message a delivery engine (the forwarder, the outgoing
+    /// stage's deliverer) may start: waits while a `keep` drain holds
+    /// deliveries, and puts a message that became due as such a drain
+    /// began back in the queue.
+    pub async fn next_delivery(&self, queue: &Queue) -> palisade_queue::QueueId {
+        loop {
+            self.deliveries_allowed().await;
+            let id = queue.next_due().await;
+            if self.mode() != Some(Mode::Keep) {
+                return id;
+            }
+            queue.release_active(id);
+        }
+    }
+
     /// Counts one delivery attempt until the guard is dropped.
     pub fn delivery(&self) -> DeliveryGuard<'_> {
         self.in_flight.fetch_add(1, Ordering::Relaxed);

@@ -94,13 +94,7 @@ impl Forwarder {
     pub async fn run(self: Arc<Self>) {
         loop {
             // `palisade drain --keep` holds deliveries (the queue stays).
-            self.ctx.drain.deliveries_allowed().await;
-            let id = self.queue.next_due().await;
-            if self.ctx.drain.mode() == Some(crate::drain::Mode::Keep) {
-                // The drain began while we waited: this one stays too.
-                self.queue.release_active(id);
-                continue;
-            }
+            let id = self.ctx.drain.next_delivery(&self.queue).await;
             let slot = self
                 .slots
                 .clone()

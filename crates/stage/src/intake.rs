@@ -16,7 +16,7 @@ use palisade_smtp_proto::{MailParams, RcptParams, Reply};
 use palisade_smtp_server::{Envelope, Hooks, SessionInfo};
 use tracing::{info, warn};
 
-use palisade_policy::state::{DegradedSink, SharedState};
+use palisade_policy::state::DegradedSink;
 use palisade_policy::{ActionSink, Client, Policy, PolicyOptions};
 
 use crate::cut_through::{CutThrough, HandOff};
@@ -49,7 +49,7 @@ pub struct RelayIntake {
 
 /// Logs one line per defense action and counts
 /// `palisade_defense_actions_total{node,mechanism,action}`.
-struct MetricsSink(crate::metrics::Metrics);
+pub(crate) struct MetricsSink(pub(crate) crate::metrics::Metrics);
 
 impl ActionSink for MetricsSink {
     fn action(&self, who: &str, mechanism: &'static str, action: &'static str, detail: &str) {
@@ -97,11 +97,7 @@ pub fn edge_policy_for(
         dns: config.gateway.dns,
         state_dir: ctx.config.node_dir(&ctx.node_name).join("policy"),
         session_lifetime: settings.limits.session_timeout.duration(),
-        state: SharedState::from_settings(
-            &ctx.config.gateway.state,
-            &ctx.node_name,
-            Arc::new(MetricsSink(ctx.metrics.clone())),
-        )?,
+        state: ctx.state_backend(&config.gateway.state)?,
     };
     let sink = Arc::new(MetricsSink(ctx.metrics.clone()));
     let policy = Policy::new(&settings.mechanisms, &settings, opts, sink)?;
@@ -155,6 +151,12 @@ impl Hooks for RelayIntake {
             p.on_connect(&policy_client(s)).await.map_err(|r| r.reply)?;
         }
         Ok(())
+    }
+
+    fn on_close(&self, s: &SessionInfo) {
+        if let Some(p) = &self.policy {
+            p.on_close(&policy_client(s));
+        }
     }
 
     async fn on_helo(&self, s: &SessionInfo, name: &str) -> Result<(), Reply> {

@@ -9,10 +9,18 @@
 //! mechanism's settings), built before anything is swapped, so a policy
 //! that cannot be built (a bad regular expression) leaves the old one
 //! running. Addresses, routes and data directories need a restart.
+//!
+//! Once the new file is valid, [`apply`] refreshes the node's cached stage
+//! settings and every part registered with `NodeContext::on_reload` (the
+//! TLS certificate of the listeners, a content filter's settings, DKIM
+//! keys...), each on its own: a part that fails to reload (a renewed
+//! certificate that does not match its key) keeps running as it was and
+//! says why in the log. The policy-state backend is not rebuilt (see
+//! `NodeContext::state_backend`): limits hold across a reload.
 
 use anyhow::{bail, Result};
 use palisade_config::Config;
-use tracing::warn;
+use tracing::{error, info, warn};
 
 use crate::runtime::NodeContext;
 
@@ -41,4 +49,44 @@ pub fn load(ctx: &NodeContext) -> Result<Config> {
         );
     }
     Ok(config)
+}
+
+/// A part of a node that a reload refreshes from the new configuration.
+pub type Reloader = Box<dyn Fn(&Config) -> Result<()> + Send + Sync>;
+
+/// Applies a valid new configuration to the node's cached settings and
+/// registered parts.
+pub fn apply(ctx: &NodeContext, config: &Config) {
+    ctx.set_settings(config);
+    for (what, refresh) in ctx.reloaders.lock().unwrap().iter() {
+        match refresh(config) {
+            Ok(()) => info!("{}: reloaded the {what}", ctx.node_name),
+            Err(e) => error!(
+                "{}: could not reload the {what}, keeping the running one: {e:#}",
+                ctx.node_name
+            ),
+        }
+    }
+}
+
+/// Loads and applies the configuration at each SIGHUP, for nodes whose
+/// sessions take their settings from the node (the store): `also` builds
+/// what else the node swaps from the new file.
+pub async fn on_hangup(
+    ctx: &NodeContext,
+    mut hangup: tokio::signal::unix::Signal,
+    also: impl Fn(&Config) -> Result<()>,
+) {
+    while hangup.recv().await.is_some() {
+        match load(ctx).and_then(|config| also(&config).map(|()| config)) {
+            Ok(config) => {
+                apply(ctx, &config);
+                info!("{}: reloaded {}", ctx.node_name, ctx.config_path.display());
+            }
+            Err(e) => error!(
+                "{}: reload failed, keeping the running configuration: {e:#}",
+                ctx.node_name
+            ),
+        }
+    }
 }

@@ -1,12 +1,13 @@
 //! Process start-up and the run loop of a relaying stage.
 
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use clap::Parser;
-use palisade_config::{Config, Node, StageKind, StageSettings};
+use palisade_config::{Config, Node, StageKind, StageSettings, StateSettings};
+use palisade_policy::state::SharedState;
 use palisade_queue::{Queue, QueueOptions};
 use palisade_smtp_server::{Hooks, ListenerProfile, ServerConfig, Service, Timeouts};
 use tokio::net::TcpListener;
@@ -52,30 +53,13 @@ pub struct NodeContext {
     pub run_as: Option<RunAs>,
     /// Taking the node out of its pair (`palisade drain`).
     pub drain: Arc<Drain>,
-    /// What a stage reloads besides its sessions' settings and hooks.
-    pub on_reload: OnReload,
-}
-
-/// Callbacks a stage registers (`ctx.on_reload.register(...)`) to take a
-/// reloaded configuration, e.g. the outgoing stage's DKIM keys. They run
-/// at the one swap point of `serve_until_stopped`, after the new sessions'
-/// settings are in place, with the configuration already validated; each
-/// keeps what it runs when it cannot use the new one (and logs why).
-#[derive(Default)]
-pub struct OnReload(std::sync::Mutex<Vec<ReloadCallback>>);
-
-type ReloadCallback = Box<dyn Fn(&Config) + Send + Sync>;
-
-impl OnReload {
-    pub fn register(&self, callback: impl Fn(&Config) + Send + Sync + 'static) {
-        self.0.lock().unwrap().push(Box::new(callback));
-    }
-
-    fn run(&self, config: &Config) {
-        for callback in self.0.lock().unwrap().iter() {
-            callback(config);
-        }
-    }
+    /// This stage's settings, as of the last (re)load.
+    settings: RwLock<Arc<StageSettings>>,
+    /// The policy-state backend, built once and handed to every policy
+    /// (rebuilt only when a reload changes `[gateway.state]`).
+    state: Mutex<Option<(StateSettings, SharedState)>>,
+    /// What a SIGHUP refreshes besides sessions' settings and hooks.
+    pub(crate) reloaders: Mutex<Vec<(&'static str, crate::reload::Reloader)>>,
 }
 
 impl NodeContext {
@@ -117,6 +101,9 @@ impl NodeContext {
             libc::signal(libc::SIGHUP, libc::SIG_IGN);
         }
         Arc::new(NodeContext {
+            settings: RwLock::new(Arc::new(config.settings(stage))),
+            state: Mutex::default(),
+            reloaders: Mutex::default(),
             config: Arc::new(config),
             config_path: args.config,
             metrics: Metrics::new(&args.node),
@@ -125,12 +112,56 @@ impl NodeContext {
             stage,
             run_as,
             drain: Arc::default(),
-            on_reload: OnReload::default(),
         })
     }
 
-    pub fn settings(&self) -> StageSettings {
-        self.config.settings(self.stage)
+    /// This stage's settings as of the last (re)load (cheap: shared).
+    pub fn settings(&self) -> Arc<StageSettings> {
+        self.settings.read().unwrap().clone()
+    }
+
+    pub(crate) fn set_settings(&self, config: &Config) {
+        *self.settings.write().unwrap() = Arc::new(config.settings(self.stage));
+    }
+
+    /// The node's policy-state backend for `s`: the one already built
+    /// when `s` has not changed, so reloads keep the Redis connection and
+    /// this node's own counters; a changed `[gateway.state]` gets a new
+    /// backend over the same local counters.
+    pub fn state_backend(&self, s: &StateSettings) -> Result<SharedState> {
+        let mut current = self.state.lock().unwrap();
+        if let Some((was, state)) = &*current {
+            if was == s {
+                return Ok(state.clone());
+            }
+        }
+        let sink = Arc::new(crate::intake::MetricsSink(self.metrics.clone()));
+        let state = match &*current {
+            Some((_, old)) => {
+                info!(
+                    "{}: [gateway.state] changed: new sessions use the {:?} backend",
+                    self.node_name, s.backend
+                );
+                old.reconfigured(s, &self.node_name, sink)?
+            }
+            None => SharedState::from_settings(s, &self.node_name, sink)?,
+        };
+        *current = Some((s.clone(), state.clone()));
+        Ok(state)
+    }
+
+    /// Registers `what` to be refreshed from the new configuration at each
+    /// reload (SIGHUP), after the new file has been validated. An error
+    /// keeps that part as it runs and is logged; the other parts reload.
+    pub fn on_reload(
+        &self,
+        what: &'static str,
+        refresh: impl Fn(&Config) -> Result<()> + Send + Sync + 'static,
+    ) {
+        self.reloaders
+            .lock()
+            .unwrap()
+            .push((what, Box::new(refresh)));
     }
 
     /// Becomes the configured unprivileged user (when started as root):
@@ -151,7 +182,7 @@ impl NodeContext {
 
     /// Opens this node's durable queue under `data_dir/<node>/queue`.
     pub fn open_queue(&self) -> Result<Queue> {
-        let q = self.settings().queue;
+        let q = self.settings().queue.clone();
         let dir = self.config.node_dir(&self.node_name).join("queue");
         let opts = QueueOptions {
             map_size: q.map_size as usize,
@@ -274,7 +305,10 @@ async fn relay_main(ctx: Arc<NodeContext>, make_filter: Option<MakeFilter>) -> R
     // While still privileged: the TLS key (it may be readable by root
     // only) and every port (25, 465 and 587 are privileged).
     let tls = if ctx.stage.is_edge() {
-        Some(crate::tls::server_config(&ctx.config)?)
+        let tls = crate::tls::NodeTls::load(&ctx.config)?;
+        let t = tls.clone();
+        ctx.on_reload("TLS certificate", move |config| t.reload(config));
+        Some(tls.config)
     } else {
         None
     };
@@ -449,24 +483,22 @@ async fn serve_until_stopped<H: Hooks>(
             _ = shutdown_signal() => return Ok(()),
             _ = hangup.recv() => {}
         }
-        match crate::reload::load(ctx) {
-            Ok(config) => match make_hooks(&config) {
-                Ok(hooks) => {
-                    for ((tx, _), (profile, implicit_tls)) in senders.iter().zip(&kinds) {
-                        tx.send_replace(service(&config, &hooks, *profile, *implicit_tls));
-                    }
-                    ctx.on_reload.run(&config);
-                    info!(
-                        "{}: reloaded {}: new sessions use the new limits and policy",
-                        ctx.node_name,
-                        ctx.config_path.display()
-                    );
+        let reloaded = crate::reload::load(ctx).and_then(|config| {
+            let hooks = make_hooks(&config)?;
+            Ok((config, hooks))
+        });
+        match reloaded {
+            Ok((config, hooks)) => {
+                crate::reload::apply(ctx, &config);
+                for ((tx, _), (profile, implicit_tls)) in senders.iter().zip(&kinds) {
+                    tx.send_replace(service(&config, &hooks, *profile, *implicit_tls));
                 }
-                Err(e) => error!(
-                    "{}: reload failed, keeping the running configuration: {e:#}",
-                    ctx.node_name
-                ),
-            },
+                info!(
+                    "{}: reloaded {}: new sessions use the new limits and policy",
+                    ctx.node_name,
+                    ctx.config_path.display()
+                );
+            }
             Err(e) => error!(
                 "{}: reload failed, keeping the running configuration: {e:#}",
                 ctx.node_name

@@ -88,6 +88,10 @@ impl Hooks for SubmissionIntake {
         self.relay.on_connect(s).await
     }
 
+    fn on_close(&self, s: &SessionInfo) {
+        self.relay.on_close(s)
+    }
+
     async fn on_helo(&self, s: &SessionInfo, name: &str) -> Result<(), Reply> {
         self.relay.on_helo(s, name).await
     }

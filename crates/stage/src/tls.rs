@@ -8,11 +8,13 @@
 use std::fs;
 use std::io::BufReader;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 
-use anyhow::{anyhow, Context, Result};
+use anyhow::{anyhow, bail, Context, Result};
 use palisade_config::Config;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
 
 /// Paths of the certificate chain and key this config uses.
 pub fn cert_paths(config: &Config) -> (PathBuf, PathBuf) {
@@ -86,8 +88,8 @@ pub fn ensure_self_signed(cert: &Path, key: &Path, hostname: &str) -> Result<boo
     result
 }
 
-/// The server-side TLS configuration for this architecture.
-pub fn server_config(config: &Config) -> Result<Arc<rustls::ServerConfig>> {
+/// The node's certificate and key, read from the files `config` names.
+fn certified_key(config: &Config) -> Result<Arc<CertifiedKey>> {
     let (cert, key) = cert_paths(config);
     if config.gateway.tls_cert.is_none() {
         ensure_self_signed(&cert, &key, &config.gateway.hostname)?;
@@ -97,17 +99,70 @@ pub fn server_config(config: &Config) -> Result<Arc<rustls::ServerConfig>> {
     ))
     .collect::<Result<_, _>>()
     .with_context(|| format!("reading {}", cert.display()))?;
-    let key: PrivateKeyDer<'static> = rustls_pemfile::private_key(&mut BufReader::new(
+    if certs.is_empty() {
+        bail!("no certificate in {}", cert.display());
+    }
+    let key_der: PrivateKeyDer<'static> = rustls_pemfile::private_key(&mut BufReader::new(
         fs::File::open(&key).with_context(|| format!("opening {}", key.display()))?,
     ))?
     .ok_or_else(|| anyhow!("no private key in {}", key.display()))?;
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let cfg = rustls::ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()?
-        .with_no_client_auth()
-        .with_single_cert(certs, key)
-        .context("certificate and key do not match")?;
-    Ok(Arc::new(cfg))
+    let provider = rustls::crypto::ring::default_provider();
+    let certified = CertifiedKey::from_der(certs, key_der, &provider)
+        .with_context(|| format!("{} and {} do not match", cert.display(), key.display()))?;
+    Ok(Arc::new(certified))
+}
+
+/// The certificate every TLS listener of a node presents, swapped by a
+/// reload: a handshake picks the current one, so new sessions get the
+/// renewed certificate and open ones keep theirs.
+#[derive(Debug)]
+struct Current(RwLock<Arc<CertifiedKey>>);
+
+impl ResolvesServerCert for Current {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.0.read().unwrap().clone())
+    }
+}
+
+/// A node's server-side TLS: one rustls configuration for SMTP (STARTTLS
+/// and implicit), POP3S and IMAPS, with a certificate [`reload`] can
+/// replace (certbot renews, then `systemctl reload`).
+///
+/// [`reload`]: NodeTls::reload
+#[derive(Clone)]
+pub struct NodeTls {
+    pub config: Arc<rustls::ServerConfig>,
+    current: Arc<Current>,
+}
+
+impl NodeTls {
+    /// Reads the certificate and key (call while still privileged: the
+    /// key may be readable by root only).
+    pub fn load(config: &Config) -> Result<NodeTls> {
+        let current = Arc::new(Current(RwLock::new(certified_key(config)?)));
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let cfg = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()?
+            .with_no_client_auth()
+            .with_cert_resolver(current.clone());
+        Ok(NodeTls {
+            config: Arc::new(cfg),
+            current,
+        })
+    }
+
+    /// Reads the files `config` names again; an unreadable or mismatched
+    /// pair leaves the running certificate in place (the error says why).
+    pub fn reload(&self, config: &Config) -> Result<()> {
+        let fresh = certified_key(config)?;
+        *self.current.0.write().unwrap() = fresh;
+        Ok(())
+    }
+}
+
+/// The server-side TLS configuration for this architecture.
+pub fn server_config(config: &Config) -> Result<Arc<rustls::ServerConfig>> {
+    Ok(NodeTls::load(config)?.config)
 }
 
 #[cfg(test)]

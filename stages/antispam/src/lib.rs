@@ -25,7 +25,7 @@
 //! (rules still run) and the problem logged; a quarantine write error is
 //! temporary (451, the upstream queue keeps the message).
 
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 
 use anyhow::{Context, Result};
 use palisade_config::SpamSettings;
@@ -39,16 +39,31 @@ use tracing::{info, warn};
 
 pub struct AntispamFilter {
     ctx: Arc<NodeContext>,
-    scorer: Scorer,
+    /// Rules and thresholds, replaced by a reload (SIGHUP); a message is
+    /// scored with the ones it started with.
+    tuning: RwLock<Arc<Tuning>>,
     bayes: Option<BayesDb>,
     quarantine: Quarantine,
+}
+
+struct Tuning {
+    scorer: Scorer,
     settings: SpamSettings,
+}
+
+impl Tuning {
+    fn from_config(config: &palisade_config::Config) -> Result<Tuning> {
+        Ok(Tuning {
+            scorer: Scorer::new(ScorerSettings::from_config(config)).context("antispam rules")?,
+            settings: config.spam(),
+        })
+    }
 }
 
 impl AntispamFilter {
     pub fn new(ctx: &Arc<NodeContext>) -> Result<AntispamFilter> {
         let config = &ctx.config;
-        let scorer = Scorer::new(ScorerSettings::from_config(config)).context("antispam rules")?;
+        let tuning = Tuning::from_config(config)?;
         let dir = config.bayes_db_dir();
         let bayes = match BayesDb::open(&dir) {
             Ok(db) => {
@@ -82,21 +97,32 @@ impl AntispamFilter {
             .with_context(|| format!("opening quarantine {}", qdir.display()))?;
         Ok(AntispamFilter {
             ctx: ctx.clone(),
-            scorer,
+            tuning: RwLock::new(Arc::new(tuning)),
             bayes,
             quarantine,
-            settings: config.spam(),
         })
     }
 
-    fn analyze(&self, message: &[u8]) -> Analysis {
+    /// A reload: new rules and thresholds for the next messages; rules
+    /// that do not build keep the running ones (the error says why).
+    pub fn reload(&self, config: &palisade_config::Config) -> Result<()> {
+        let tuning = Tuning::from_config(config)?;
+        *self.tuning.write().unwrap() = Arc::new(tuning);
+        Ok(())
+    }
+
+    fn tuning(&self) -> Arc<Tuning> {
+        self.tuning.read().unwrap().clone()
+    }
+
+    fn analyze(&self, scorer: &Scorer, message: &[u8]) -> Analysis {
         if let Some(db) = &self.bayes {
             match db.reader() {
-                Ok(reader) => return self.scorer.analyze(message, &reader),
+                Ok(reader) => return scorer.analyze(message, &reader),
                 Err(e) => warn!("Bayes database unreadable ({e}); scoring without it"),
             }
         }
-        self.scorer.analyze(message, &MemoryCounts::default())
+        scorer.analyze(message, &MemoryCounts::default())
     }
 
     fn count(&self, verdict: &str, a: &Analysis) {
@@ -159,10 +185,11 @@ impl MessageFilter for AntispamFilter {
     fn inspect<'a>(&'a self, ctx: &'a FilterContext<'a>, message: &'a [u8]) -> VerdictFuture<'a> {
         Box::pin(async move {
             // Scoring is CPU work with no I/O but LMDB reads (memory-mapped).
-            let a = self.analyze(message);
+            let tuning = self.tuning();
+            let a = self.analyze(&tuning.scorer, message);
             let flow4 = ctx.client.auth_user.is_some()
                 || entry_hop::authenticated_submission(&self.ctx.config, message);
-            let s = &self.settings;
+            let s = &tuning.settings;
             let refuse = if flow4 {
                 a.score >= s.outbound_hold_threshold
             } else {

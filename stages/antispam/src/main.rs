@@ -7,7 +7,11 @@ use std::sync::Arc;
 
 fn main() -> anyhow::Result<()> {
     palisade_stage::runtime::run_filtering_stage(palisade_stage::StageKind::Antispam, |ctx| {
-        // Bayes database, rules and thresholds from the config
-        Ok(Arc::new(palisade_antispam::AntispamFilter::new(ctx)?))
+        // Bayes database, rules and thresholds from the config; a reload
+        // (SIGHUP) replaces the rules and thresholds.
+        let filter = Arc::new(palisade_antispam::AntispamFilter::new(ctx)?);
+        let f = filter.clone();
+        ctx.on_reload("antispam rules and thresholds", move |c| f.reload(c));
+        Ok(filter)
     })
 }

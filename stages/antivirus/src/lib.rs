@@ -22,7 +22,7 @@
 //! Scanner down and quarantine write errors are temporary (451): nothing
 //! is accepted that was not scanned and stored.
 
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use anyhow::{Context, Result};
@@ -41,15 +41,20 @@ pub mod notice;
 
 pub struct AntivirusFilter {
     ctx: Arc<NodeContext>,
+    /// clamd addresses, MIME limits and policy, replaced by a reload
+    /// (SIGHUP); a message is inspected with the ones it started with.
+    tuning: RwLock<Arc<Tuning>>,
+    quarantine: Quarantine,
+}
+
+struct Tuning {
     scanner: Scanner,
     limits: MimeLimits,
-    quarantine: Quarantine,
     settings: VirusSettings,
 }
 
-impl AntivirusFilter {
-    pub fn new(ctx: &Arc<NodeContext>) -> Result<AntivirusFilter> {
-        let config = &ctx.config;
+impl Tuning {
+    fn from_config(config: &Config, node: &str) -> Tuning {
         let settings = config.virus();
         let addresses = config
             .clamd_addresses()
@@ -57,28 +62,46 @@ impl AntivirusFilter {
             .map(|a| ClamdAddress::parse(a))
             .collect::<Vec<_>>();
         info!(
-            "{}: scanning with clamd at {}",
-            ctx.node_name,
+            "{node}: scanning with clamd at {}",
             addresses
                 .iter()
                 .map(|a| a.to_string())
                 .collect::<Vec<_>>()
                 .join(", ")
         );
-        let dir = config.quarantine_dir();
-        let quarantine = Quarantine::open(&dir)
-            .with_context(|| format!("opening quarantine {}", dir.display()))?;
-        Ok(AntivirusFilter {
-            ctx: ctx.clone(),
+        Tuning {
             scanner: Scanner::new(addresses, settings.scan_timeout.duration()),
             limits: MimeLimits {
                 max_depth: settings.max_mime_depth,
                 max_parts: settings.max_mime_parts,
                 max_decoded_size: settings.max_decoded_size,
             },
-            quarantine,
             settings,
+        }
+    }
+}
+
+impl AntivirusFilter {
+    pub fn new(ctx: &Arc<NodeContext>) -> Result<AntivirusFilter> {
+        let config = &ctx.config;
+        let dir = config.quarantine_dir();
+        let quarantine = Quarantine::open(&dir)
+            .with_context(|| format!("opening quarantine {}", dir.display()))?;
+        Ok(AntivirusFilter {
+            ctx: ctx.clone(),
+            tuning: RwLock::new(Arc::new(Tuning::from_config(config, &ctx.node_name))),
+            quarantine,
         })
+    }
+
+    /// A reload: new clamd addresses, MIME limits and policy for the next
+    /// messages.
+    pub fn reload(&self, config: &Config) {
+        *self.tuning.write().unwrap() = Arc::new(Tuning::from_config(config, &self.ctx.node_name));
+    }
+
+    fn tuning(&self) -> Arc<Tuning> {
+        self.tuning.read().unwrap().clone()
     }
 
     fn count(&self, result: &str) {
@@ -144,7 +167,7 @@ impl AntivirusFilter {
         if entry.authenticated_sender && !entry.mail_from.is_empty() {
             jobs.push((vec![entry.mail_from.clone()], notice::dsn(&config, entry)));
         }
-        if self.settings.notify_recipients {
+        if self.tuning().settings.notify_recipients {
             let local: Vec<String> = entry
                 .rcpts
                 .iter()
@@ -175,11 +198,12 @@ impl AntivirusFilter {
 impl MessageFilter for AntivirusFilter {
     fn inspect<'a>(&'a self, ctx: &'a FilterContext<'a>, message: &'a [u8]) -> VerdictFuture<'a> {
         Box::pin(async move {
-            if let Err(limit) = self.limits.check(message) {
+            let tuning = self.tuning();
+            if let Err(limit) = tuning.limits.check(message) {
                 self.count("mime-limit");
                 return self.keep(ctx, message, "mime-limit", &limit);
             }
-            match self.scanner.scan(message).await {
+            match tuning.scanner.scan(message).await {
                 Ok((ScanOutcome::Clean, by)) => {
                     self.count("clean");
                     Verdict::Accept {
@@ -195,7 +219,7 @@ impl MessageFilter for AntivirusFilter {
                 }
                 Err(e) => {
                     self.count("scanner-unavailable");
-                    match self.settings.on_scanner_unavailable {
+                    match tuning.settings.on_scanner_unavailable {
                         ScannerUnavailable::Tempfail => {
                             warn!("{e}; message tempfailed (stays queued upstream)");
                             Verdict::Tempfail(Reply::enhanced(

@@ -8,7 +8,14 @@ use std::sync::Arc;
 
 fn main() -> anyhow::Result<()> {
     palisade_stage::runtime::run_filtering_stage(palisade_stage::StageKind::Antivirus, |ctx| {
-        // clamd addresses, MIME limits and the quarantine from the config
-        Ok(Arc::new(palisade_antivirus::AntivirusFilter::new(ctx)?))
+        // clamd addresses, MIME limits and the quarantine from the config;
+        // a reload (SIGHUP) replaces the addresses and limits.
+        let filter = Arc::new(palisade_antivirus::AntivirusFilter::new(ctx)?);
+        let f = filter.clone();
+        ctx.on_reload("antivirus scanner and limits", move |c| {
+            f.reload(c);
+            Ok(())
+        });
+        Ok(filter)
     })
 }

@@ -3,7 +3,7 @@
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::SystemTime;
 
 use palisade_mailbox::{Delivery, Directory, MailStore};
@@ -18,7 +18,8 @@ pub struct StoreIntake {
     ctx: Arc<NodeContext>,
     directory: Directory,
     store: MailStore,
-    allowed_clients: Vec<std::net::IpAddr>,
+    /// The upstream stages allowed to deliver (refreshed on reload).
+    allowed_clients: RwLock<Vec<std::net::IpAddr>>,
     /// Mailboxes whose last delivery was refused for quota: reported as
     /// over quota to the MX and MSA replicas until a delivery succeeds.
     refusing: Arc<Mutex<HashSet<String>>>,
@@ -42,7 +43,7 @@ impl StoreIntake {
             .unwrap_or_default()
             .as_micros() as u64;
         StoreIntake {
-            allowed_clients: ctx.config.allowed_clients(ctx.stage),
+            allowed_clients: RwLock::new(ctx.config.allowed_clients(ctx.stage)),
             ctx,
             directory,
             store,
@@ -50,6 +51,11 @@ impl StoreIntake {
             next_id: AtomicU64::new(start),
             journal,
         }
+    }
+
+    /// A reload: the upstream list of the new configuration.
+    pub fn reload(&self, config: &palisade_config::Config) {
+        *self.allowed_clients.write().unwrap() = config.allowed_clients(self.ctx.stage);
     }
 
     /// Whether the store is refusing mail for `address` for quota.
@@ -142,7 +148,11 @@ fn over_quota(rcpt: &str) -> Reply {
 
 impl Hooks for StoreIntake {
     async fn on_connect(&self, s: &SessionInfo) -> Result<(), Reply> {
-        if !self.allowed_clients.is_empty() && !self.allowed_clients.contains(&s.peer.ip()) {
+        let allowed = {
+            let a = self.allowed_clients.read().unwrap();
+            a.is_empty() || a.contains(&s.peer.ip())
+        };
+        if !allowed {
             info!(
                 "session {} from {}: refused, not an upstream node",
                 s.id, s.peer

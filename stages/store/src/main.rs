@@ -36,7 +36,11 @@ async fn store_main(ctx: Arc<NodeContext>) -> Result<()> {
         Some(a) => Some(bind(a, "imaps").await?),
         None => None,
     };
-    let tls = palisade_stage::tls::server_config(&ctx.config)?;
+    let node_tls = palisade_stage::tls::NodeTls::load(&ctx.config)?;
+    let tls = node_tls.config.clone();
+    ctx.on_reload("TLS certificate", move |config| node_tls.reload(config));
+    let hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        .context("SIGHUP handler")?;
     ctx.drop_privileges()?;
     let directory =
         Directory::open(&ctx.config.directory_dir()).context("opening the user directory")?;
@@ -67,16 +71,55 @@ async fn store_main(ctx: Arc<NodeContext>) -> Result<()> {
             "store",
             &journal,
         );
+        // `palisade drain store-1`: the SMTP/LMTP intake answers 421 4.3.2
+        // (the mail waits in the antispam queue or goes to the peer store)
+        // while IMAP and POP3 keep serving. The journal holds no messages,
+        // so the node is drained once its intake sessions end.
+        let router = palisade_stage::drain::routes(
+            router,
+            &ctx.node_name,
+            &ctx.drain,
+            &journal,
+            &ctx.metrics,
+        );
         ctx.spawn_http(router);
     }
     let listener = smtp_listener;
-    let cfg = ctx.server_config(ListenerProfile::Internal, None, false);
+    let stage = ctx.stage;
+    let service = move |config: &palisade_config::Config, intake: &Arc<intake::StoreIntake>| {
+        palisade_smtp_server::Service {
+            config: palisade_stage::runtime::server_config_for(
+                config,
+                stage,
+                ListenerProfile::Internal,
+                None,
+                false,
+            ),
+            hooks: intake.clone(),
+        }
+    };
+    let (services, rx) = tokio::sync::watch::channel(service(&ctx.config, &intake));
     info!("{} listening on {smtp} (intake)", ctx.node_name);
+    let gate = ctx.drain.gate();
     tokio::spawn(async move {
-        if let Err(e) = palisade_smtp_server::serve(listener, cfg, intake).await {
+        if let Err(e) = palisade_smtp_server::serve_with(listener, rx, gate).await {
             error!("intake {smtp}: {e}");
         }
     });
+    // SIGHUP: new intake sessions get the new limits and upstream list,
+    // every listener the renewed certificate. Quotas live in the user
+    // directory and apply at once without a reload.
+    {
+        let ctx = ctx.clone();
+        tokio::spawn(async move {
+            palisade_stage::reload::on_hangup(&ctx, hangup, |config| {
+                intake.reload(config);
+                services.send_replace(service(config, &intake));
+                Ok(())
+            })
+            .await
+        });
+    }
 
     if let (Some(addr), Some(listener)) = (ctx.node.pop3s, pop3s_listener) {
         info!("{} listening on {addr} (POP3S)", ctx.node_name);

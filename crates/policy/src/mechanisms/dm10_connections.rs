@@ -1,212 +1,263 @@
 //! DM10 client connection limit: simultaneous SMTP connections per client
-//! address, and in total, on this node's listener.
+//! address, and in total, on a listener.
 //!
-//! The SMTP engine tells hooks when a session starts but not when it ends,
-//! so the count cannot simply go down at the end of a session. Instead a
-//! registry remembers the sessions started since it was last checked: its
-//! counts can only be too high (sessions that ended are still in it), so
-//! while they are within the limits the client is admitted at no cost.
-//! Only when a count goes over does the registry learn the truth from the
-//! kernel's table of established TCP connections (`/proc/net/tcp{,6}`) and
-//! forget the sessions that ended. That read costs milliseconds on a busy
-//! host (thousands of TIME_WAIT lines), so it happens at most once per
-//! `limit - live` new connections. Where there is no /proc (not Linux) the
-//! check is skipped.
+//! Each admitted session holds a slot until the SMTP engine reports its
+//! end (`on_close`). The per-client count:
+//!
+//! - **embedded**: this node's sessions, per listener;
+//! - **Redis**: the pair's sessions, per stage: a sorted set per client of
+//!   session ids scored by the end of a lease (`connection_lease`), which
+//!   the node's heartbeat renews while the session lives. Admission drops
+//!   expired leases and adds the new session in one Lua step, so two nodes
+//!   never both take the last slot, and a node killed with sessions open
+//!   frees them after one lease. While Redis is away the node counts its
+//!   own sessions (each node of a pair then admits up to `per_client`).
+//!
+//! The total stays per node and per listener in both: it protects this
+//! node's own capacity.
+//!
+//! The counts live in the node's state backend, not in the policy, so a
+//! reload (a new policy) keeps counting the sessions already open.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
 
 use palisade_smtp_proto::Reply;
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use crate::state::SharedState;
 
-/// The sessions started on one listener, checked against the limits.
+/// The sessions open on this node: listener -> client -> their peers.
+#[derive(Default)]
+struct Open(Mutex<HashMap<SocketAddr, HashMap<IpAddr, Vec<SocketAddr>>>>);
+
+enum Over {
+    Client,
+    Total,
+}
+
+impl Open {
+    /// Records the session of `peer` if it is within the limits.
+    fn admit(
+        &self,
+        listener: SocketAddr,
+        peer: SocketAddr,
+        per_client: usize,
+        total: usize,
+    ) -> Result<(), Over> {
+        let mut all = self.0.lock().unwrap();
+        let open = all.entry(listener).or_default();
+        if open.values().map(Vec::len).sum::<usize>() >= total {
+            return Err(Over::Total);
+        }
+        let mine = open.entry(peer.ip()).or_default();
+        if mine.len() >= per_client {
+            return Err(Over::Client);
+        }
+        mine.push(peer);
+        Ok(())
+    }
+
+    fn forget(&self, listener: SocketAddr, peer: SocketAddr) {
+        let mut all = self.0.lock().unwrap();
+        let Some(open) = all.get_mut(&listener) else {
+            return;
+        };
+        if let Some(mine) = open.get_mut(&peer.ip()) {
+            mine.retain(|p| *p != peer);
+            if mine.is_empty() {
+                open.remove(&peer.ip());
+            }
+        }
+    }
+}
+
+/// The DM10 limits of one policy, over the node's (or pair's) counts.
 pub struct Connections {
     per_client: usize,
     total: usize,
-    /// Listener -> client address -> peers (address and port) of sessions
-    /// that may still be open: a superset of the live ones. The limits
-    /// hold per listener (the MSA's 587 and 465 count separately).
-    started: Mutex<HashMap<SocketAddr, HashMap<IpAddr, Vec<SocketAddr>>>>,
+    /// The pair counts a client's sessions per stage (`mx`, `msa`).
+    scope: String,
+    open: Arc<Open>,
+    state: SharedState,
 }
 
 impl Connections {
-    pub fn new(per_client: usize, total: usize) -> Self {
+    pub fn new(per_client: usize, total: usize, scope: &str, state: SharedState) -> Self {
         Connections {
             per_client,
             total,
-            started: Mutex::default(),
+            scope: scope.to_string(),
+            open: state.local("DM10", Open::default),
+            state,
         }
     }
 
-    /// Admits the new session from `peer`, or refuses it with 421.
-    pub fn admit(&self, listener: SocketAddr, peer: SocketAddr) -> Option<Reply> {
+    fn key(&self, ip: IpAddr) -> String {
+        format!("{}:{ip}", self.scope)
+    }
+
+    /// The session's id in the shared count: unique between nodes,
+    /// listeners and sessions.
+    fn member(listener: SocketAddr, session: u64) -> String {
+        format!("{}.{session}", listener.port())
+    }
+
+    /// Admits session `session` from `peer`, or refuses it with 421. An
+    /// admitted session must be [`release`](Self::release)d when it ends.
+    pub async fn admit(
+        &self,
+        listener: SocketAddr,
+        peer: SocketAddr,
+        session: u64,
+    ) -> Option<Reply> {
         let ip = peer.ip();
-        let mut all = self.started.lock().unwrap();
-        let started = all.entry(listener).or_default();
-        started.entry(ip).or_default().push(peer);
-        let within = |m: &HashMap<IpAddr, Vec<SocketAddr>>| {
-            let mine = m.get(&ip).map_or(0, Vec::len);
-            let all: usize = m.values().map(Vec::len).sum();
-            (mine <= self.per_client, all <= self.total)
+        let member = Self::member(listener, session);
+        let shared = self
+            .state
+            .acquire("DM10", &self.key(ip), &member, self.per_client)
+            .await;
+        if shared == Some(false) {
+            return Some(too_many(Over::Client, ip));
+        }
+        // Admitted by the pair: only this node's total is left to check.
+        let per_client = match shared {
+            Some(true) => usize::MAX,
+            _ => self.per_client,
         };
-        if within(started) == (true, true) {
-            return None;
+        match self.open.admit(listener, peer, per_client, self.total) {
+            Ok(()) => None,
+            Err(over) => {
+                // Give back what `acquire` took (or holds for the
+                // heartbeat while Redis is away).
+                self.state.release("DM10", &self.key(ip), &member);
+                Some(too_many(over, ip))
+            }
         }
-        // Over on the upper bound: ask the kernel which sessions are live.
-        let live = established_peers(listener)?;
-        started.clear();
-        for p in live {
-            started.entry(normalize(p.ip())).or_default().push(p);
-        }
-        let (client_ok, total_ok) = within(started);
-        if client_ok && total_ok {
-            return None;
-        }
-        // This session is refused and closed: it no longer counts.
-        if let Some(v) = started.get_mut(&ip) {
-            v.retain(|p| *p != peer);
-        }
-        Some(Reply::closing_policy(if !client_ok {
-            format!("Too many connections from {ip}")
-        } else {
-            "Too many connections".to_string()
-        }))
+    }
+
+    /// The admitted session has ended: its slot is free.
+    pub fn release(&self, listener: SocketAddr, peer: SocketAddr, session: u64) {
+        self.open.forget(listener, peer);
+        let member = Self::member(listener, session);
+        self.state.release("DM10", &self.key(peer.ip()), &member);
     }
 }
 
-fn normalize(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
-        v4 => v4,
-    }
-}
-
-/// Peers of the established connections to `listener`.
-pub fn established_peers(listener: SocketAddr) -> Option<Vec<SocketAddr>> {
-    let mut found = false;
-    let mut peers = Vec::new();
-    for file in ["/proc/net/tcp", "/proc/net/tcp6"] {
-        let Ok(text) = std::fs::read_to_string(file) else {
-            continue;
-        };
-        found = true;
-        for line in text.lines().skip(1) {
-            let mut f = line.split_whitespace();
-            let (Some(_), Some(local), Some(remote), Some(state)) =
-                (f.next(), f.next(), f.next(), f.next())
-            else {
-                continue;
-            };
-            // 01 = ESTABLISHED; a session we are still serving.
-            if state != "01" {
-                continue;
-            }
-            let (Some(l), Some(r)) = (parse_proc_addr(local), parse_proc_addr(remote)) else {
-                continue;
-            };
-            if l.port() != listener.port() || !same_ip(l.ip(), listener.ip()) {
-                continue;
-            }
-            peers.push(SocketAddr::new(normalize(r.ip()), r.port()));
-        }
-    }
-    found.then_some(peers)
-}
-
-/// Established connections to `listener`: (from `client`, in total).
-pub fn count_established(listener: SocketAddr, client: IpAddr) -> Option<(usize, usize)> {
-    let peers = established_peers(listener)?;
-    let mine = peers.iter().filter(|p| same_ip(p.ip(), client)).count();
-    Some((mine, peers.len()))
-}
-
-/// IPv4 and IPv4-mapped IPv6 are the same client; an unspecified listener
-/// address matches every local address.
-fn same_ip(a: IpAddr, b: IpAddr) -> bool {
-    let norm = |ip: IpAddr| match ip {
-        IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
-        v4 => v4,
-    };
-    let (a, b) = (norm(a), norm(b));
-    a == b || a.is_unspecified() || b.is_unspecified()
-}
-
-/// `0100007F:09C5` (IPv4, host byte order per 32-bit word) or the 32-digit
-/// IPv6 form.
-fn parse_proc_addr(s: &str) -> Option<SocketAddr> {
-    let (addr, port) = s.split_once(':')?;
-    let port = u16::from_str_radix(port, 16).ok()?;
-    let ip = match addr.len() {
-        8 => IpAddr::V4(Ipv4Addr::from(
-            u32::from_str_radix(addr, 16).ok()?.swap_bytes(),
-        )),
-        32 => {
-            let mut octets = [0u8; 16];
-            for w in 0..4 {
-                let word = u32::from_str_radix(&addr[w * 8..w * 8 + 8], 16).ok()?;
-                octets[w * 4..w * 4 + 4].copy_from_slice(&word.to_le_bytes());
-            }
-            IpAddr::V6(Ipv6Addr::from(octets))
-        }
-        _ => return None,
-    };
-    Some(SocketAddr::new(ip, port))
+fn too_many(over: Over, ip: IpAddr) -> Reply {
+    Reply::closing_policy(match over {
+        Over::Client => format!("Too many connections from {ip}"),
+        Over::Total => "Too many connections".to_string(),
+    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::state::tests::RedisServer;
+    use std::time::Duration;
 
-    #[test]
-    fn parses_kernel_addresses() {
-        assert_eq!(
-            parse_proc_addr("0100007F:09C5").unwrap(),
-            "127.0.0.1:2501".parse().unwrap()
-        );
-        assert_eq!(
-            parse_proc_addr("00000000000000000000000001000000:0050").unwrap(),
-            "[::1]:80".parse().unwrap()
-        );
+    fn addr(s: &str) -> SocketAddr {
+        s.parse().unwrap()
     }
 
-    #[test]
-    fn counts_our_own_connections() {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let addr = l.local_addr().unwrap();
-        let _c1 = std::net::TcpStream::connect(addr).unwrap();
-        let _c2 = std::net::TcpStream::connect(addr).unwrap();
-        let _a1 = l.accept().unwrap();
-        let _a2 = l.accept().unwrap();
-        let (client, total) = count_established(addr, "127.0.0.1".parse().unwrap()).unwrap();
-        assert_eq!((client, total), (2, 2));
-        let (other, _) = count_established(addr, "127.0.0.9".parse().unwrap()).unwrap();
-        assert_eq!(other, 0);
-    }
-
-    #[test]
-    fn registry_admits_within_limits_and_forgets_closed_sessions() {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let addr = l.local_addr().unwrap();
-        let limits = Connections::new(2, 100);
-        let mut open = Vec::new();
-        for _ in 0..2 {
-            let c = std::net::TcpStream::connect(addr).unwrap();
-            let peer = c.local_addr().unwrap();
-            open.push((c, l.accept().unwrap()));
-            assert!(limits.admit(addr, peer).is_none());
-        }
-        let c3 = std::net::TcpStream::connect(addr).unwrap();
-        let a3 = l.accept().unwrap();
-        let r = limits.admit(addr, c3.local_addr().unwrap()).unwrap();
+    #[tokio::test]
+    async fn embedded_limits_per_client_and_total_and_frees_on_release() {
+        let limits = Connections::new(2, 3, "mx", SharedState::embedded());
+        let l = addr("127.0.0.1:25");
+        let (a1, a2, a3) = (
+            addr("192.0.2.1:1"),
+            addr("192.0.2.1:2"),
+            addr("192.0.2.1:3"),
+        );
+        assert!(limits.admit(l, a1, 1).await.is_none());
+        assert!(limits.admit(l, a2, 2).await.is_none());
+        let r = limits.admit(l, a3, 3).await.unwrap();
         assert_eq!(r.code, 421);
-        drop((c3, a3));
-        // One session ends: the next one is admitted (after the kernel
-        // check prunes the registry).
-        drop(open.pop());
-        std::thread::sleep(std::time::Duration::from_millis(50));
-        let c4 = std::net::TcpStream::connect(addr).unwrap();
-        let _a4 = l.accept().unwrap();
-        assert!(limits.admit(addr, c4.local_addr().unwrap()).is_none());
+        assert!(r.to_string().contains("from 192.0.2.1"), "{r}");
+        // Another client: within its own limit, then the total is reached.
+        assert!(limits.admit(l, addr("192.0.2.2:1"), 4).await.is_none());
+        let r = limits.admit(l, addr("192.0.2.3:1"), 5).await.unwrap();
+        assert!(!r.to_string().contains("from"), "{r}");
+        // Another listener counts apart.
+        assert!(limits.admit(addr("127.0.0.1:587"), a3, 1).await.is_none());
+        limits.release(l, a1, 1);
+        assert!(limits.admit(l, a3, 6).await.is_none());
+    }
+
+    #[tokio::test]
+    async fn a_new_policy_on_the_same_state_keeps_the_open_sessions() {
+        let state = SharedState::embedded();
+        let l = addr("127.0.0.1:25");
+        let old = Connections::new(1, 10, "mx", state.clone());
+        assert!(old.admit(l, addr("192.0.2.1:1"), 1).await.is_none());
+        let reloaded = Connections::new(1, 10, "mx", state);
+        assert_eq!(
+            reloaded
+                .admit(l, addr("192.0.2.1:2"), 2)
+                .await
+                .unwrap()
+                .code,
+            421
+        );
+        // The old policy's session ends: the new one sees it.
+        old.release(l, addr("192.0.2.1:1"), 1);
+        assert!(reloaded.admit(l, addr("192.0.2.1:3"), 3).await.is_none());
+    }
+
+    #[tokio::test]
+    async fn redis_away_the_node_counts_its_own_sessions_and_says_so() {
+        use crate::state::tests::Counted;
+        use palisade_config::{Seconds, StateBackend, StateSettings};
+        // Nothing listens there.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let settings = StateSettings {
+            backend: StateBackend::Redis,
+            url: format!("redis://127.0.0.1:{port}/0"),
+            timeout: Seconds(0.05),
+            ..StateSettings::default()
+        };
+        let sink = Arc::new(Counted::default());
+        let state = SharedState::from_settings(&settings, "t", sink.clone()).unwrap();
+        let limits = Connections::new(1, 10, "mx", state);
+        let l = addr("127.0.0.1:25");
+        assert!(limits.admit(l, addr("192.0.2.1:1"), 1).await.is_none());
+        assert_eq!(
+            limits.admit(l, addr("192.0.2.1:2"), 2).await.unwrap().code,
+            421
+        );
+        assert!(
+            sink.0.load(std::sync::atomic::Ordering::Relaxed) >= 2,
+            "each local decision is counted"
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn two_nodes_on_redis_share_the_per_client_limit() {
+        let server = RedisServer::start();
+        let mx1 = Connections::new(2, 100, "mx", server.state());
+        let mx2 = Connections::new(2, 100, "mx", server.state());
+        // (Both "nodes" are this process: their listeners differ.)
+        let (l1, l2) = (addr("127.0.0.1:25"), addr("127.0.0.2:26"));
+        let c = |p: u16| SocketAddr::new("192.0.2.1".parse().unwrap(), p);
+        assert!(mx1.admit(l1, c(1), 1).await.is_none());
+        assert!(mx2.admit(l2, c(2), 1).await.is_none());
+        assert_eq!(mx1.admit(l1, c(3), 2).await.unwrap().code, 421);
+        assert_eq!(mx2.admit(l2, c(4), 2).await.unwrap().code, 421);
+        mx2.release(l2, c(2), 1);
+        // The release is sent in the background.
+        let mut admitted = false;
+        for i in 0..50 {
+            if mx1.admit(l1, c(5), 10 + i).await.is_none() {
+                admitted = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(admitted, "a released slot is free on the other node");
     }
 }

@@ -6,9 +6,11 @@
 //! With a shared state backend the buckets live in Redis, so a client's
 //! connections to both nodes of a pair count against one limit; while
 //! Redis is away each node falls back to its own buckets (`governor`).
+//! Those are the node's (kept across reloads while the limit is the same).
 
 use std::net::IpAddr;
 use std::num::NonZeroU32;
+use std::sync::Arc;
 use std::time::Duration;
 
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
@@ -19,8 +21,8 @@ use crate::state::SharedState;
 
 pub struct ClientRates {
     settings: Dm11Rates,
-    connections: DefaultKeyedRateLimiter<IpAddr>,
-    messages: DefaultKeyedRateLimiter<IpAddr>,
+    connections: Arc<DefaultKeyedRateLimiter<IpAddr>>,
+    messages: Arc<DefaultKeyedRateLimiter<IpAddr>>,
     state: SharedState,
 }
 
@@ -32,10 +34,15 @@ fn per_minute(n: u32) -> Quota {
 
 impl ClientRates {
     pub fn new(c: &Dm11Rates, state: SharedState) -> Self {
+        let bucket = |kind: &str, n: u32| {
+            state.local(&format!("DM11:{kind}:{n}"), || {
+                RateLimiter::keyed(per_minute(n))
+            })
+        };
         ClientRates {
             settings: c.clone(),
-            connections: RateLimiter::keyed(per_minute(c.connections_per_minute)),
-            messages: RateLimiter::keyed(per_minute(c.messages_per_minute)),
+            connections: bucket("conn", c.connections_per_minute),
+            messages: bucket("msg", c.messages_per_minute),
             state,
         }
     }

@@ -10,7 +10,7 @@
 
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use palisade_config::Dm27Spamtraps;
@@ -21,7 +21,8 @@ use crate::state::SharedState;
 pub struct Spamtraps {
     addresses: Vec<String>,
     blacklist_for: Duration,
-    caught: Mutex<HashMap<IpAddr, Instant>>,
+    /// This node's catches (kept across reloads).
+    caught: Arc<Mutex<HashMap<IpAddr, Instant>>>,
     state: SharedState,
 }
 
@@ -30,7 +31,7 @@ impl Spamtraps {
         Spamtraps {
             addresses: c.addresses.iter().map(|a| a.to_ascii_lowercase()).collect(),
             blacklist_for: c.blacklist_for.duration(),
-            caught: Mutex::default(),
+            caught: state.local("DM27", Mutex::default),
             state,
         }
     }

@@ -4,9 +4,11 @@
 //! a legitimate mailing resumes later instead of bouncing.
 //!
 //! Shared like DM11: one bucket per sender in Redis for the whole pair,
-//! this node's `governor` bucket while Redis is away.
+//! this node's `governor` bucket while Redis is away (kept across reloads
+//! while the quota is the same).
 
 use std::num::NonZeroU32;
+use std::sync::Arc;
 
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use palisade_config::Dm34SenderRate;
@@ -16,7 +18,7 @@ use crate::state::SharedState;
 
 pub struct SenderRate {
     settings: Dm34SenderRate,
-    limiter: DefaultKeyedRateLimiter<String>,
+    limiter: Arc<DefaultKeyedRateLimiter<String>>,
     state: SharedState,
 }
 
@@ -27,9 +29,10 @@ impl SenderRate {
         let quota = Quota::with_period(period.max(std::time::Duration::from_nanos(1)))
             .expect("non-zero period")
             .allow_burst(n);
+        let name = format!("DM34:{}:{}", n, c.window.0);
         SenderRate {
             settings: c.clone(),
-            limiter: RateLimiter::keyed(quota),
+            limiter: state.local(&name, || RateLimiter::keyed(quota)),
             state,
         }
     }

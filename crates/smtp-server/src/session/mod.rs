@@ -167,6 +167,7 @@ where
         } else {
             self.close_gracefully(matches!(stop, Stop::Close)).await;
         }
+        self.hooks.on_close(&self.info);
         info!(
             peer = %self.info.peer,
             helo = self.info.helo.as_deref().unwrap_or(""),
