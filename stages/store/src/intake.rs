@@ -10,7 +10,7 @@ use palisade_mailbox::{Delivery, Directory, MailStore};
 use palisade_queue::{JournalEntry, JournalEvent, Queue};
 use palisade_smtp_proto::{MailParams, RcptParams, Reply};
 use palisade_smtp_server::{Envelope, Hooks, SessionInfo};
-use palisade_stage::received::{received_header, Hop};
+use palisade_stage::received::{received_header, with_header, Hop};
 use palisade_stage::NodeContext;
 use tracing::{info, warn};
 
@@ -224,9 +224,7 @@ impl Hooks for StoreIntake {
                 single_recipient: Some(rcpt),
                 when: SystemTime::now(),
             });
-            let mut copy = Vec::with_capacity(header.len() + message.len());
-            copy.extend_from_slice(header.as_bytes());
-            copy.extend_from_slice(&message);
+            let copy = with_header(&header, &message);
             // The origin names the message at its entry point; with the
             // recipient it makes re-sends after a crash upstream harmless.
             let dedup = origin.as_ref().map(|o| format!("{o}\0{}", user.address));
