@@ -15,16 +15,16 @@ use imap_codec::imap_types::search::SearchKey;
 use imap_codec::imap_types::sequence::SequenceSet;
 use imap_codec::imap_types::status::StatusDataItemName;
 use imap_codec::AuthenticateDataCodec;
+use palisade_net::{start_tls_buffered, MaybeTls};
 use palisade_mailbox::{Delivery, FlagsOp, MailboxError, MessageMeta, User, INBOX};
 use tokio::io::{AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tracing::{info, warn};
 
-use crate::conn::Conn;
 use crate::reader::{read_command, read_line, Incoming};
 use crate::selected::{Entry, Selected};
-use crate::{fetch, mime, search, wire, Shared};
+use crate::{fetch, mime, search, wire, Conn, Shared};
 
 const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
 /// How often a session re-reads its folder when nothing in this process signalled a change
@@ -38,14 +38,13 @@ const FLUSH_AT: usize = 1 << 20;
 const SYSTEM_FLAGS: &str = "\\Answered \\Flagged \\Deleted \\Seen \\Draft";
 
 pub(crate) async fn handle_connection(tcp: TcpStream, shared: Arc<Shared>) -> io::Result<()> {
-    let conn = if shared.options.implicit_tls {
-        let tls = tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, shared.acceptor.accept(tcp))
-            .await
-            .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "TLS handshake timeout"))??;
-        Conn::Tls(Box::new(tls))
-    } else {
-        Conn::Plain(tcp)
-    };
+    let conn = MaybeTls::accept(
+        &shared.acceptor,
+        tcp,
+        shared.options.implicit_tls,
+        TLS_HANDSHAKE_TIMEOUT,
+    )
+    .await?;
     let changes = shared.store.subscribe_changes();
     let mut s = Session {
         shared: &shared,
@@ -431,16 +430,8 @@ impl Session<'_> {
         }
         self.tagged(t, "OK begin TLS negotiation now");
         self.flush().await?;
-        // `into_inner` drops anything the client pipelined after STARTTLS in plaintext, so no
-        // command can be injected across the TLS boundary (RFC 2595 §3.1).
-        let old = std::mem::replace(&mut self.stream, BufReader::new(Conn::Upgrading));
-        let Conn::Plain(tcp) = old.into_inner() else {
-            return Err(io::Error::other("STARTTLS on a non-plain stream"));
-        };
-        let tls = tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, self.shared.acceptor.accept(tcp))
-            .await
-            .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "TLS handshake timeout"))??;
-        self.stream = BufReader::new(Conn::Tls(Box::new(tls)));
+        // Drops anything the client pipelined after STARTTLS in plaintext.
+        start_tls_buffered(&mut self.stream, &self.shared.acceptor, TLS_HANDSHAKE_TIMEOUT).await?;
         Ok(Flow::Continue)
     }
 
