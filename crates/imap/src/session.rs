@@ -16,7 +16,7 @@ use imap_codec::imap_types::sequence::SequenceSet;
 use imap_codec::imap_types::status::StatusDataItemName;
 use imap_codec::AuthenticateDataCodec;
 use palisade_net::{start_tls_buffered, MaybeTls};
-use palisade_mailbox::{Delivery, FlagsOp, MailboxError, MessageMeta, User, INBOX};
+use palisade_mailbox::{Delivery, FlagsOp, FolderInfo, MailboxError, MessageMeta, User, INBOX};
 use tokio::io::{AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
@@ -566,24 +566,37 @@ impl Session<'_> {
         );
     }
 
+    /// A folder's info and index, read off the async runtime; `None` when it
+    /// does not exist or cannot be read, after answering `t` so.
+    async fn open_folder(
+        &mut self,
+        t: &str,
+        user: &str,
+        name: &str,
+    ) -> Option<(FolderInfo, Vec<MessageMeta>)> {
+        let store = self.shared.store.clone();
+        let (u, f) = (user.to_string(), name.to_string());
+        let res = blocking(move || Ok((store.folder_info(&u, &f)?, store.list(&u, &f)?))).await;
+        match res {
+            Ok((Some(info), list)) => Some((info, list)),
+            Ok((None, _)) => {
+                self.tagged(t, "NO [NONEXISTENT] no such mailbox");
+                None
+            }
+            Err(e) => {
+                self.tagged(t, error_text(&e));
+                None
+            }
+        }
+    }
+
     async fn select(&mut self, t: &str, name: &str, read_only: bool) {
         // A failed SELECT leaves no mailbox selected (RFC 3501 §6.3.1).
         self.sel = None;
         let user = self.user_address();
-        let store = self.shared.store.clone();
-        let (u, f) = (user.clone(), name.to_string());
         self.changes.borrow_and_update();
-        let res = blocking(move || Ok((store.folder_info(&u, &f)?, store.list(&u, &f)?))).await;
-        let (info, list) = match res {
-            Ok((Some(info), list)) => (info, list),
-            Ok((None, _)) => {
-                self.tagged(t, "NO [NONEXISTENT] no such mailbox");
-                return;
-            }
-            Err(e) => {
-                self.tagged(t, error_text(&e));
-                return;
-            }
+        let Some((info, list)) = self.open_folder(t, &user, name).await else {
+            return;
         };
         let key = (user, info.name.clone());
         let msgs: Vec<Entry> = {
@@ -737,19 +750,9 @@ impl Session<'_> {
     }
 
     async fn status(&mut self, t: &str, name: String, items: &[StatusDataItemName]) {
-        let (store, user) = (self.shared.store.clone(), self.user_address());
-        let (u, f) = (user.clone(), name.clone());
-        let res = blocking(move || Ok((store.folder_info(&u, &f)?, store.list(&u, &f)?))).await;
-        let (info, list) = match res {
-            Ok((Some(i), l)) => (i, l),
-            Ok((None, _)) => {
-                self.tagged(t, "NO [NONEXISTENT] no such mailbox");
-                return;
-            }
-            Err(e) => {
-                self.tagged(t, error_text(&e));
-                return;
-            }
+        let user = self.user_address();
+        let Some((info, list)) = self.open_folder(t, &user, &name).await else {
+            return;
         };
         let boundary = self
             .shared
