@@ -184,7 +184,7 @@ impl Imap {
             .await?;
         for l in &r.untagged {
             if let Some(start) = l.find("}\r\n") {
-                return Ok(l[start + 3..].as_bytes().to_vec());
+                return Ok(l.as_bytes()[start + 3..].to_vec());
             }
         }
         Err(refused(&format!("FETCH {uid}: no header literal"), &r))
@@ -282,7 +282,10 @@ mod tests {
 
     #[test]
     fn literal_lengths_and_quoting() {
-        assert_eq!(literal_len("* 1 FETCH (UID 4 BODY[HEADER] {123}"), Some(123));
+        assert_eq!(
+            literal_len("* 1 FETCH (UID 4 BODY[HEADER] {123}"),
+            Some(123)
+        );
         assert_eq!(literal_len("* SEARCH 1 2"), None);
         assert_eq!(quote("a\"b\\c"), "\"a\\\"b\\\\c\"");
     }

@@ -8,7 +8,6 @@
 //! read from the Received headers each of our hops writes (their
 //! `(epoch S.US)` comment gives sub-second times; docs/probe.md).
 
-
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};

@@ -15,8 +15,8 @@ use imap_codec::imap_types::search::SearchKey;
 use imap_codec::imap_types::sequence::SequenceSet;
 use imap_codec::imap_types::status::StatusDataItemName;
 use imap_codec::AuthenticateDataCodec;
-use palisade_net::{start_tls_buffered, MaybeTls};
 use palisade_mailbox::{Delivery, FlagsOp, FolderInfo, MailboxError, MessageMeta, User, INBOX};
+use palisade_net::{start_tls_buffered, MaybeTls};
 use tokio::io::{AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
@@ -26,7 +26,6 @@ use crate::reader::{read_command, read_line, Incoming};
 use crate::selected::{Entry, Selected};
 use crate::{fetch, mime, search, wire, Conn, Shared};
 
-const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
 /// How often a session re-reads its folder when nothing in this process signalled a change
 /// (catches writes by other processes, e.g. the admin CLI).
 const POLL: Duration = Duration::from_secs(1);
@@ -38,13 +37,7 @@ const FLUSH_AT: usize = 1 << 20;
 const SYSTEM_FLAGS: &str = "\\Answered \\Flagged \\Deleted \\Seen \\Draft";
 
 pub(crate) async fn handle_connection(tcp: TcpStream, shared: Arc<Shared>) -> io::Result<()> {
-    let conn = MaybeTls::accept(
-        &shared.acceptor,
-        tcp,
-        shared.options.implicit_tls,
-        TLS_HANDSHAKE_TIMEOUT,
-    )
-    .await?;
+    let conn = MaybeTls::accept(&shared.acceptor, tcp, shared.options.implicit_tls).await?;
     let changes = shared.store.subscribe_changes();
     let mut s = Session {
         shared: &shared,
@@ -431,7 +424,7 @@ impl Session<'_> {
         self.tagged(t, "OK begin TLS negotiation now");
         self.flush().await?;
         // Drops anything the client pipelined after STARTTLS in plaintext.
-        start_tls_buffered(&mut self.stream, &self.shared.acceptor, TLS_HANDSHAKE_TIMEOUT).await?;
+        start_tls_buffered(&mut self.stream, &self.shared.acceptor).await?;
         Ok(Flow::Continue)
     }
 

@@ -85,10 +85,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Client<S> {
 
 async fn tls_client(addr: SocketAddr) -> Client<tokio_rustls::client::TlsStream<TcpStream>> {
     let tcp = TcpStream::connect(addr).await.unwrap();
-    let tls = connector()
-        .connect(localhost(), tcp)
-        .await
-        .unwrap();
+    let tls = connector().connect(localhost(), tcp).await.unwrap();
     let mut c = Client {
         s: BufReader::new(tls),
         n: 0,
@@ -430,10 +427,7 @@ async fn starttls_mode_refuses_plaintext_login() {
     c.send("s1 STARTTLS\r\ns2 NOOP\r\n").await;
     assert_eq!(c.line().await, "s1 OK begin TLS negotiation now");
     let tcp = c.s.into_inner();
-    let tls = connector()
-        .connect(localhost(), tcp)
-        .await
-        .unwrap();
+    let tls = connector().connect(localhost(), tcp).await.unwrap();
     let mut c = Client {
         s: BufReader::new(tls),
         n: 10,

@@ -205,7 +205,12 @@ fn put_user(
     address: &str,
     rec: &UserRecord,
 ) -> Result<(), MailboxError> {
-    txn.put(users, &address, &postcard::to_stdvec(rec)?, WriteFlags::empty())?;
+    txn.put(
+        users,
+        &address,
+        &postcard::to_stdvec(rec)?,
+        WriteFlags::empty(),
+    )?;
     Ok(())
 }
 

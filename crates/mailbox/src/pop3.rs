@@ -27,7 +27,6 @@ use tracing::{info, warn};
 use crate::{Directory, MailStore, User, INBOX};
 
 const MAX_LINE: u64 = 1024;
-const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Tunables of the POP3 server. [`Pop3Options::new`] gives the production defaults.
 #[derive(Debug, Clone)]
@@ -97,8 +96,8 @@ pub async fn serve_pop3_with_options(
         locks: Mutex::new(HashSet::new()),
     });
     // Over TLS a plaintext -ERR would be garbage to the client: just close.
-    let busy: Option<&'static [u8]> = (!shared.options.implicit_tls)
-        .then_some(b"-ERR [SYS/TEMP] too many connections\r\n");
+    let busy: Option<&'static [u8]> =
+        (!shared.options.implicit_tls).then_some(b"-ERR [SYS/TEMP] too many connections\r\n");
     let max_connections = shared.options.max_connections;
     palisade_net::serve_capped(listener, max_connections, "pop3", busy, |tcp| {
         let shared = shared.clone();
@@ -220,13 +219,7 @@ async fn read_line(stream: &mut Stream, idle: Duration) -> io::Result<Line> {
 }
 
 async fn handle_connection(tcp: TcpStream, shared: &Shared) -> io::Result<()> {
-    let conn = MaybeTls::accept(
-        &shared.acceptor,
-        tcp,
-        shared.options.implicit_tls,
-        TLS_HANDSHAKE_TIMEOUT,
-    )
-    .await?;
+    let conn = MaybeTls::accept(&shared.acceptor, tcp, shared.options.implicit_tls).await?;
     let mut stream = BufReader::new(conn);
     let res = session(&mut stream, shared).await;
     let _ = tokio::time::timeout(Duration::from_secs(5), stream.shutdown()).await;
@@ -319,7 +312,7 @@ async fn session(stream: &mut Stream, shared: &Shared) -> io::Result<()> {
             ("STLS", None) if !tls && !shared.options.implicit_tls => {
                 reply(stream, "+OK Begin TLS negotiation", idle).await?;
                 // Drops any pipelined plaintext (RFC 2595 §4).
-                start_tls_buffered(stream, &shared.acceptor, TLS_HANDSHAKE_TIMEOUT).await?;
+                start_tls_buffered(stream, &shared.acceptor).await?;
                 pending_user = None;
             }
             ("STLS", _) => reply(stream, "-ERR STLS not permitted now", idle).await?,

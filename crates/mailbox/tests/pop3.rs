@@ -61,10 +61,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Client<S> {
 
 async fn tls_client(addr: SocketAddr) -> Client<tokio_rustls::client::TlsStream<TcpStream>> {
     let tcp = TcpStream::connect(addr).await.unwrap();
-    let tls = connector()
-        .connect(localhost(), tcp)
-        .await
-        .unwrap();
+    let tls = connector().connect(localhost(), tcp).await.unwrap();
     Client {
         s: BufReader::new(tls),
     }
@@ -287,10 +284,7 @@ async fn plaintext_requires_stls() {
     assert!(c.cmd("STAT").await.starts_with("-ERR"));
     assert!(c.cmd("STLS").await.starts_with("+OK"));
     let tcp = c.s.into_inner();
-    let tls = connector()
-        .connect(localhost(), tcp)
-        .await
-        .unwrap();
+    let tls = connector().connect(localhost(), tcp).await.unwrap();
     let mut c = Client {
         s: BufReader::new(tls),
     };

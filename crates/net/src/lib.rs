@@ -24,6 +24,10 @@ use tokio_rustls::server::TlsStream;
 use tokio_rustls::TlsAcceptor;
 use tracing::{debug, warn};
 
+/// How long the IMAP and POP3 servers give a client to finish a TLS
+/// handshake, at connect (implicit TLS) or after STARTTLS/STLS.
+pub const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// A connection that is plain until STARTTLS (or TLS from the start).
 pub enum MaybeTls<S> {
     Plain(S),
@@ -53,15 +57,12 @@ pub async fn tls_handshake<S: AsyncRead + AsyncWrite + Unpin>(
 
 impl<S: AsyncRead + AsyncWrite + Unpin> MaybeTls<S> {
     /// A freshly accepted connection: TLS at once when `implicit_tls`
-    /// (IMAPS, POP3S, submissions), else plain until the client asks.
-    pub async fn accept(
-        acceptor: &TlsAcceptor,
-        stream: S,
-        implicit_tls: bool,
-        deadline: Duration,
-    ) -> io::Result<Self> {
+    /// (IMAPS, POP3S), within [`TLS_HANDSHAKE_TIMEOUT`]; else plain until
+    /// the client asks.
+    pub async fn accept(acceptor: &TlsAcceptor, stream: S, implicit_tls: bool) -> io::Result<Self> {
         Ok(if implicit_tls {
-            MaybeTls::Tls(Box::new(tls_handshake(acceptor, stream, deadline).await?))
+            let tls = tls_handshake(acceptor, stream, TLS_HANDSHAKE_TIMEOUT).await?;
+            MaybeTls::Tls(Box::new(tls))
         } else {
             MaybeTls::Plain(stream)
         })
@@ -73,7 +74,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> MaybeTls<S> {
 
     /// Replaces the plain stream by a TLS stream; on failure the connection
     /// is [`MaybeTls::Gone`] (nothing can be written in clear any more).
-    pub async fn start_tls(&mut self, acceptor: &TlsAcceptor, deadline: Duration) -> io::Result<()> {
+    pub async fn start_tls(
+        &mut self,
+        acceptor: &TlsAcceptor,
+        deadline: Duration,
+    ) -> io::Result<()> {
         let MaybeTls::Plain(plain) = std::mem::replace(self, MaybeTls::Gone) else {
             return Err(io::Error::other("TLS already active"));
         };
@@ -82,16 +87,16 @@ impl<S: AsyncRead + AsyncWrite + Unpin> MaybeTls<S> {
     }
 }
 
-/// [`MaybeTls::start_tls`] under a read buffer. The buffer is dropped with
-/// whatever the client pipelined after its STARTTLS/STLS in plaintext, so
-/// no command can be injected across the TLS boundary (RFC 2595 §3.1).
+/// [`MaybeTls::start_tls`] under a read buffer, within
+/// [`TLS_HANDSHAKE_TIMEOUT`]. The buffer is dropped with whatever the client
+/// pipelined after its STARTTLS/STLS in plaintext, so no command can be
+/// injected across the TLS boundary (RFC 2595 §3.1).
 pub async fn start_tls_buffered<S: AsyncRead + AsyncWrite + Unpin>(
     stream: &mut BufReader<MaybeTls<S>>,
     acceptor: &TlsAcceptor,
-    deadline: Duration,
 ) -> io::Result<()> {
     let mut conn = std::mem::replace(stream, BufReader::new(MaybeTls::Gone)).into_inner();
-    let upgraded = conn.start_tls(acceptor, deadline).await;
+    let upgraded = conn.start_tls(acceptor, TLS_HANDSHAKE_TIMEOUT).await;
     *stream = BufReader::new(conn);
     upgraded
 }
@@ -183,8 +188,8 @@ where
                 if let Some(line) = busy {
                     tokio::spawn(async move {
                         let mut tcp = tcp;
-                        let _ = tokio::time::timeout(Duration::from_secs(5), tcp.write_all(line))
-                            .await;
+                        let _ =
+                            tokio::time::timeout(Duration::from_secs(5), tcp.write_all(line)).await;
                     });
                 }
             }

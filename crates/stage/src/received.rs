@@ -228,7 +228,10 @@ mod tests {
         };
         let hop = Hop::from_client(&client, "h", "msa-1", "Q", None, UNIX_EPOCH);
         let open = received_header(&hop);
-        assert!(open.starts_with("Received: from [192.0.2.7] ([192.0.2.7])"), "{open}");
+        assert!(
+            open.starts_with("Received: from [192.0.2.7] ([192.0.2.7])"),
+            "{open}"
+        );
         let hidden = received_header(&hop.hiding_client_ip());
         assert!(hidden.starts_with("Received: from unknown\r\n"), "{hidden}");
         assert!(!hidden.contains("192.0.2.7"), "{hidden}");
