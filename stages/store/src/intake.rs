@@ -10,6 +10,7 @@ use palisade_mailbox::{Delivery, Directory, MailStore};
 use palisade_queue::{JournalEntry, JournalEvent, Queue};
 use palisade_smtp_proto::{MailParams, RcptParams, Reply};
 use palisade_smtp_server::{Envelope, Hooks, SessionInfo};
+use palisade_stage::intake::mailbox_full;
 use palisade_stage::received::{received_header, with_header, Hop};
 use palisade_stage::NodeContext;
 use tracing::{info, warn};
@@ -132,14 +133,6 @@ impl StoreIntake {
     }
 }
 
-fn over_quota(rcpt: &str) -> Reply {
-    Reply::enhanced(
-        452,
-        (4, 2, 2),
-        format!("<{rcpt}>: Mailbox full, try again later"),
-    )
-}
-
 impl Hooks for StoreIntake {
     async fn on_connect(&self, s: &SessionInfo) -> Result<(), Reply> {
         if !self.allowed_clients.is_empty() && !self.allowed_clients.contains(&s.peer.ip()) {
@@ -180,7 +173,7 @@ impl Hooks for StoreIntake {
             let size = env_size(&env.mail_params);
             if used + size > user.quota_bytes {
                 self.set_refusing(&user.address, true);
-                return Err(over_quota(to));
+                return Err(mailbox_full(to));
             }
         }
         Ok(())
@@ -269,7 +262,7 @@ impl Hooks for StoreIntake {
                     // their dedup key when the upstream stage retries.
                     info!("{id}: to=<{rcpt}>, status=over-quota");
                     self.set_refusing(&user.address, true);
-                    return over_quota(rcpt);
+                    return mailbox_full(rcpt);
                 }
                 Err(e) if e.is_storage_full() => {
                     warn!("{id}: to=<{rcpt}>: mailbox storage full: {e}");
