@@ -10,11 +10,12 @@ Stopped by PID; `start()` after `stop()` starts it again on the same
 socket (the antivirus nodes' default address is unix:<data_dir>/clamd/clamd.sock).
 """
 
-import signal
 import socket
 import subprocess
 import time
 from pathlib import Path
+
+from conftest import terminate
 
 EICAR = r"X5O!P%@AP[4\PZX54(P^)7CC)7}$EICAR-STANDARD-ANTIVIRUS-TEST-FILE!$H+H*"
 
@@ -84,13 +85,7 @@ class Clamd:
         if self.proc is None:
             return
         p, self.proc = self.proc, None
-        if p.poll() is None:
-            p.send_signal(signal.SIGTERM)
-            try:
-                p.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait()
+        terminate(p, timeout=10)
 
     def scan(self, data: bytes) -> str:
         """INSTREAM straight to clamd (to check the helper itself)."""

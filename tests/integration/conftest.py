@@ -10,6 +10,7 @@ import os
 import re
 import shutil
 import signal
+import smtplib
 import socket
 import ssl
 import subprocess
@@ -161,14 +162,7 @@ class Architecture:
             self.clamd.stop()
             self.clamd = None
         for node in list(self.procs):
-            p = self.procs.pop(node)
-            if p.poll() is None:
-                p.send_signal(signal.SIGTERM)
-                try:
-                    p.wait(timeout=5)
-                except subprocess.TimeoutExpired:
-                    p.kill()
-                    p.wait()
+            terminate(self.procs.pop(node), timeout=5)
 
     def log(self, node):
         return self.logs[node].read_text(errors="replace")
@@ -192,11 +186,8 @@ class Architecture:
     def pop3(self, node="store-staff"):
         import poplib
 
-        ctx = ssl.create_default_context()
-        ctx.check_hostname = False
-        ctx.verify_mode = ssl.CERT_NONE
         host, port = self.addr(node, "pop3s")
-        return poplib.POP3_SSL(host, port, context=ctx, timeout=30)
+        return poplib.POP3_SSL(host, port, context=tls_context(), timeout=30)
 
 
 @pytest.fixture
@@ -221,6 +212,27 @@ def arch_factory():
 @pytest.fixture
 def arch(arch_factory):
     return arch_factory()
+
+
+def terminate(p, timeout):
+    """SIGTERM to a process we started, SIGKILL if it is still there after
+    `timeout` seconds; waits for it either way."""
+    if p.poll() is None:
+        p.send_signal(signal.SIGTERM)
+        try:
+            p.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
+
+
+def tls_context():
+    """A client TLS context that accepts the architecture's self-signed
+    certificate (tests check what the servers say, not the PKI)."""
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    return ctx
 
 
 def make_message(sender, rcpt, subject, body="Hello.\r\n", msgid=None):
@@ -253,6 +265,20 @@ def message_ids(messages):
         found = re.search(rb"^Message-ID:\s*(<[^>]+>)", m, re.M | re.I)
         ids.append(found.group(1).decode() if found else None)
     return ids
+
+
+def mx_knows(arch, user, node="mx-1"):
+    """The MX's directory replica has the user (RCPT 250). `palisade user
+    add` writes the directory; each MX's replica catches up a moment later,
+    so a test that sends right after adding a user waits for this first
+    (and a store taken down afterwards cannot turn the answer into a 451)."""
+    host, port = arch.addr(node)
+    with smtplib.SMTP(host, port, timeout=10) as s:
+        s.ehlo("probe.outside.test")
+        s.mail("sender@outside.test")
+        code, _ = s.rcpt(user)
+        s.rset()
+    return code == 250
 
 
 def wait_for(predicate, timeout=30.0, interval=0.2, what="condition"):

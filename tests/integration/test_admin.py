@@ -8,7 +8,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from conftest import Raw, BIN, PASSWORD, Architecture, message_ids, pop3_messages, wait_for, wait_port
+from conftest import Raw, BIN, PASSWORD, Architecture, message_ids, mx_knows, pop3_messages, wait_for, wait_port
 
 
 def pid_of(arch, node):
@@ -41,6 +41,8 @@ def test_up_runs_supervises_and_stops_every_node(arch_factory):
 
         # A user and a message through the supervised architecture.
         arch.add_user("bob@example.test")
+        wait_for(lambda: mx_knows(arch, "bob@example.test", "mx-2"),
+                 what="mx-2's replica knows bob")
         import smtplib
         with smtplib.SMTP(*arch.addr("mx-2"), timeout=30) as s:
             s.sendmail("x@outside.test", ["bob@example.test"],

@@ -21,7 +21,6 @@ import os
 import shutil
 import signal
 import socket
-import ssl
 import subprocess
 import tempfile
 import time
@@ -29,7 +28,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import BIN, PASSWORD, port_free, wait_port
+from conftest import BIN, PASSWORD, port_free, tls_context, wait_port
 from dns import DnsServer
 
 USER = "alice@example.test"
@@ -105,11 +104,8 @@ def failing_faults(report):
 
 def imap_count(addr, user, *criteria, folders=("INBOX", "Junk")):
     """How many messages of user's folders match the IMAP SEARCH criteria."""
-    ctx = ssl.create_default_context()
-    ctx.check_hostname = False
-    ctx.verify_mode = ssl.CERT_NONE
     host, port = addr
-    m = imaplib.IMAP4_SSL(host, port, ssl_context=ctx, timeout=30)
+    m = imaplib.IMAP4_SSL(host, port, ssl_context=tls_context(), timeout=30)
     try:
         m.login(user, PASSWORD)
         found = 0

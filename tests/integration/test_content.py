@@ -7,13 +7,13 @@ clamd is Debian's clamav-daemon with a local signature database only
 """
 
 import base64
+import contextlib
 import email.message
 import imaplib
 import io
 import re
 import signal
 import smtplib
-import ssl
 import time
 import uuid
 import zipfile
@@ -21,7 +21,7 @@ import zipfile
 import pytest
 
 from clamd import EICAR
-from conftest import PASSWORD, message_ids, pop3_messages, wait_for, wait_port
+from conftest import PASSWORD, message_ids, pop3_messages, tls_context, wait_for, wait_port
 
 GTUBE = "XJS*C4JDBQADN1.NSBN3*2IDNEN*GTUBE-STANDARD-ANTI-UBE-TEST-EMAIL*C.34X"
 USER = "alice@example.test"
@@ -43,13 +43,6 @@ def post_queue(text):
                             f"[stage.{stage}.cut_through]\nenabled = false", 1)
     assert text.count("enabled = false") >= 2, "config/local.toml changed: no cut-through sections"
     return text
-
-
-def tls_context():
-    ctx = ssl.create_default_context()
-    ctx.check_hostname = False
-    ctx.verify_mode = ssl.CERT_NONE
-    return ctx
 
 
 def new_message(subject, body="Hello, just a normal note about lunch.\n", attachment=None,
@@ -78,6 +71,16 @@ def eicar_zip():
 def send(arch, msg, node="mx-1", rcpt=USER):
     with smtplib.SMTP(*arch.addr(node), timeout=60) as s:
         return s.sendmail("sender@outside.test", [rcpt], msg)
+
+
+@contextlib.contextmanager
+def submission(arch, user=USER, node="msa-1"):
+    """An SMTP session at the MSA's submission port, after STARTTLS and
+    AUTH as `user`."""
+    with smtplib.SMTP(*arch.addr(node, "submission"), timeout=30) as s:
+        s.starttls(context=tls_context())
+        s.login(user, PASSWORD)
+        yield s
 
 
 def quarantine(arch):
@@ -268,9 +271,7 @@ def test_outbound_spam_from_a_local_user_is_held_and_counted(arch_factory, sink)
     arch.start("store-staff", "msa-1", "antivirus-1", "antispam-1", "outgoing-1")
     clean, clean_id = new_message("report", sender=USER)
     spam, _ = new_message("outbound gtube", body=f"{GTUBE}\n", sender=USER)
-    with smtplib.SMTP(*arch.addr("msa-1", "submission"), timeout=30) as s:
-        s.starttls(context=tls_context())
-        s.login(USER, PASSWORD)
+    with submission(arch) as s:
         s.sendmail(USER, ["friend@remote.test"], clean)
         s.sendmail(USER, ["friend@remote.test"], spam)
     wait_for(lambda: sink.messages, what="clean message at the sink")
@@ -288,9 +289,7 @@ def test_infected_mail_from_a_local_user_gets_a_dsn(arch_factory):
     arch.start("store-staff", "msa-1", "antivirus-1", "antispam-1")
     msg, _ = new_message("my infected file", sender=USER,
                          attachment=("eicar.com", EICAR.encode(), "application", "octet-stream"))
-    with smtplib.SMTP(*arch.addr("msa-1", "submission"), timeout=30) as s:
-        s.starttls(context=tls_context())
-        s.login(USER, PASSWORD)
+    with submission(arch) as s:
         s.sendmail(USER, ["bob@example.test"], msg)
     dsn = wait_for(lambda: pop3_messages(arch, USER), what="DSN to the sender")
     assert b"multipart/report; report-type=delivery-status" in dsn[0]
@@ -394,9 +393,7 @@ def test_cut_through_refuses_outbound_spam_to_the_local_user(arch_factory, sink)
     arch.start("store-staff", "msa-1", "antivirus-1", "antispam-1", "outgoing-1")
     clean, clean_id = new_message("report", sender=USER)
     spam, _ = new_message("outbound gtube", body=f"{GTUBE}\n", sender=USER)
-    with smtplib.SMTP(*arch.addr("msa-1", "submission"), timeout=30) as s:
-        s.starttls(context=tls_context())
-        s.login(USER, PASSWORD)
+    with submission(arch) as s:
         s.sendmail(USER, ["friend@remote.test"], clean)
         with pytest.raises(smtplib.SMTPDataError) as refused:
             s.sendmail(USER, ["friend@remote.test"], spam)

@@ -11,24 +11,16 @@ import re
 import shutil
 import smtplib
 import socket
-import ssl
 import subprocess
 import threading
 import time
 
 import pytest
 
-from conftest import PASSWORD, make_message, wait_for
+from conftest import PASSWORD, make_message, tls_context, wait_for
 
 NODES = ["store-staff", "mx-1", "antivirus-1", "antispam-1"]
 USER = "alice@example.test"
-
-
-def tls_context():
-    ctx = ssl.create_default_context()
-    ctx.check_hostname = False
-    ctx.verify_mode = ssl.CERT_NONE
-    return ctx
 
 
 def imap(arch, user=USER, password=PASSWORD):

@@ -227,32 +227,22 @@ def world(arch_factory):
         text = text.replace('hostname = "mail.example.test"',
                             f'hostname = "mail.example.test"\ndns = "127.0.0.1:{dns.port}"')
         text = text.replace('min_retry = "5m"', 'min_retry = "1s"').replace('max_retry = "1h"', 'max_retry = "2s"')
+        dkim_keys = "".join(
+            f'[[stage.outgoing.outbound.dkim]]\ndomain = "{domain}"\nselector = "{selector}"\n'
+            f'key = "{path}"\n\n'
+            for domain, selector, path in [
+                ("example.test", "sel0", keydir / "example.test.sel0.pem"),
+                ("example.test", "sel1", key),
+                ("students.example.test", "old", keydir / "students.example.test.old.pem"),
+                ("students.example.test", "new", keydir / "students.example.test.new.pem"),
+            ]
+        )
         text = text.replace("[stage.store]\n", f"""[stage.outgoing.outbound]
 smtp_port = {port}
 require_tls = ["secure.test"]
 dsn_delay_after = "1s"
 
-[[stage.outgoing.outbound.dkim]]
-domain = "example.test"
-selector = "sel0"
-key = "{keydir / 'example.test.sel0.pem'}"
-
-[[stage.outgoing.outbound.dkim]]
-domain = "example.test"
-selector = "sel1"
-key = "{key}"
-
-[[stage.outgoing.outbound.dkim]]
-domain = "students.example.test"
-selector = "old"
-key = "{keydir / 'students.example.test.old.pem'}"
-
-[[stage.outgoing.outbound.dkim]]
-domain = "students.example.test"
-selector = "new"
-key = "{keydir / 'students.example.test.new.pem'}"
-
-[stage.store]
+{dkim_keys}[stage.store]
 """)
         return text
 

@@ -11,7 +11,7 @@ import smtplib
 import subprocess
 import time
 
-from conftest import BIN, PASSWORD, make_message, message_ids, pop3_messages, wait_for
+from conftest import BIN, PASSWORD, make_message, message_ids, mx_knows, pop3_messages, wait_for
 
 USER = "alice@example.test"
 FLOW1 = ["store-staff", "mx-1", "antivirus-1", "antivirus-2", "antispam-1", "antispam-2"]
@@ -32,18 +32,6 @@ def no_cut_through(text):
     entry and antivirus nodes queue nothing and so journal nothing; the
     path then starts at the first node that queued it (docs/probe.md)."""
     return text.replace("[stage.mx.cut_through]\nenabled = true", "[stage.mx.cut_through]\nenabled = false")
-
-
-def mx_knows(arch, user, node="mx-1"):
-    """The MX's directory replica has the user (RCPT 250), so a store
-    taken down afterwards cannot turn its answer into a 451."""
-    host, port = arch.addr(node)
-    with smtplib.SMTP(host, port, timeout=10) as s:
-        s.ehlo("probe.outside.test")
-        s.mail("sender@outside.test")
-        code, _ = s.rcpt(user)
-        s.rset()
-    return code == 250
 
 
 def trace(arch, msgid):

@@ -4,12 +4,11 @@ The engine's own unit and session tests live in crates/smtp-server; these
 check the same contract end to end against the real palisade-mx binary.
 """
 
-import ssl
 import time
 
 import pytest
 
-from conftest import Raw, message_ids, pop3_messages, wait_for
+from conftest import Raw, message_ids, pop3_messages, tls_context, wait_for
 
 USER = "alice@example.test"
 
@@ -104,10 +103,7 @@ def test_starttls_discards_pipelined_plaintext(mx):
     c.send(b"STARTTLS\r\nMAIL FROM:<injected@evil.test>\r\n")
     code, _ = c.reply()
     assert code == 220
-    ctx = ssl.create_default_context()
-    ctx.check_hostname = False
-    ctx.verify_mode = ssl.CERT_NONE
-    tls = ctx.wrap_socket(c.sock, server_hostname="mail.example.test")
+    tls = tls_context().wrap_socket(c.sock, server_hostname="mail.example.test")
     c.sock, c.buf = tls, b""
     # EHLO first: if the injected MAIL had been kept, we would see its
     # reply (or a 503 for the sequence) here instead.

@@ -3,23 +3,15 @@ abused, with Python's smtplib and swaks as clients."""
 
 import re
 import smtplib
-import ssl
 import subprocess
 import time
 
 import pytest
 
-from conftest import Raw, PASSWORD, message_ids, pop3_messages, wait_for
+from conftest import Raw, PASSWORD, message_ids, pop3_messages, tls_context, wait_for
 
 ALICE = "alice@example.test"
 BOB = "bob@example.test"
-
-
-def tls_context():
-    ctx = ssl.create_default_context()
-    ctx.check_hostname = False
-    ctx.verify_mode = ssl.CERT_NONE
-    return ctx
 
 
 def to_sink(port):

@@ -81,6 +81,8 @@ impl std::fmt::Display for Stop {
     }
 }
 
+impl std::error::Error for Stop {}
+
 impl From<std::io::Error> for Stop {
     fn from(e: std::io::Error) -> Stop {
         Stop::Io(e)
@@ -308,23 +310,41 @@ impl Conn {
                 self.record('S', &text);
                 return Ok(text);
             }
-            let mut chunk = [0u8; 8192];
-            match tokio::time::timeout(self.timeout, self.stream.read(&mut chunk)).await {
-                Ok(Ok(0)) => {
-                    self.note("connection closed by the server");
-                    return Err(Stop::Closed);
-                }
-                Ok(Ok(n)) => self.buf.extend_from_slice(&chunk[..n]),
-                Ok(Err(e)) => {
-                    self.note(format!("read failed: {e}"));
-                    return Err(Stop::Io(e));
-                }
-                Err(_) => {
-                    self.note(format!("no answer within {:?}", self.timeout));
-                    return Err(Stop::Timeout);
-                }
+            self.fill().await?;
+        }
+    }
+
+    /// Reads what the server sent next into the buffer.
+    async fn fill(&mut self) -> Result<()> {
+        let mut chunk = [0u8; 8192];
+        match tokio::time::timeout(self.timeout, self.stream.read(&mut chunk)).await {
+            Ok(Ok(0)) => {
+                self.note("connection closed by the server");
+                Err(Stop::Closed)
+            }
+            Ok(Ok(n)) => {
+                self.buf.extend_from_slice(&chunk[..n]);
+                Ok(())
+            }
+            Ok(Err(e)) => {
+                self.note(format!("read failed: {e}"));
+                Err(Stop::Io(e))
+            }
+            Err(_) => {
+                self.note(format!("no answer within {:?}", self.timeout));
+                Err(Stop::Timeout)
             }
         }
+    }
+
+    /// Exactly `n` bytes from the server (an IMAP literal), recorded like a line.
+    pub async fn read_bytes(&mut self, n: usize) -> Result<Vec<u8>> {
+        while self.buf.len() < n {
+            self.fill().await?;
+        }
+        let bytes: Vec<u8> = self.buf.drain(..n).collect();
+        self.record('S', &String::from_utf8_lossy(&bytes));
+        Ok(bytes)
     }
 
     /// A whole (multi-line) SMTP reply.

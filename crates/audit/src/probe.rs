@@ -8,8 +8,6 @@
 //! read from the Received headers each of our hops writes (their
 //! `(epoch S.US)` comment gives sub-second times; docs/probe.md).
 
-mod imap;
-
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -20,6 +18,8 @@ use palisade_config::{Config, StageKind};
 use palisade_smtp_client::{insecure_tls_config, ClientConfig, Connection, TlsMode, Transaction};
 use serde::Serialize;
 
+use crate::client::Dial;
+use crate::imap::Imap;
 use crate::trace::clock;
 
 /// The header that carries run, flow, sequence number and send time.
@@ -532,8 +532,25 @@ struct Found {
     header: Vec<u8>,
 }
 
+/// How long one IMAP step (connect, handshake, read) may take.
+const IMAP_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Logs in to the probe account's mailbox over IMAPS.
+async fn imap_login(addr: SocketAddr, opts: &ProbeOptions) -> Result<Imap> {
+    let dial = Dial {
+        addr,
+        source: None,
+        timeout: IMAP_TIMEOUT,
+    };
+    Imap::connect(dial, &opts.user, &opts.password, Vec::new())
+        .await
+        .map_err(|(why, _)| anyhow::anyhow!(why))
+}
+
 /// Looks for this run's probes in every folder, deletes what it found.
-async fn poll(imap: &mut imap::Imap, run: &str, found: &mut HashMap<String, Found>) -> Result<()> {
+async fn poll(imap: &mut Imap, run: &str, found: &mut HashMap<String, Found>) -> Result<()> {
+    // Nothing of a poll is evidence: keep the transcript from growing.
+    imap.forget_transcript();
     for folder in FOLDERS {
         if !imap.select(folder).await? {
             continue;
@@ -551,7 +568,7 @@ async fn poll(imap: &mut imap::Imap, run: &str, found: &mut HashMap<String, Foun
             }
             done.push(uid);
         }
-        imap.delete(&done).await?;
+        imap.delete_uids(&done).await?;
     }
     Ok(())
 }
@@ -576,7 +593,7 @@ pub async fn run(config: Arc<Config>, opts: ProbeOptions) -> Result<ProbeReport>
         entries.insert(*f, e);
     }
     // Log in first: wrong credentials fail the run before anything is sent.
-    let mut imap = imap::Imap::connect(imap_at, &opts.user, &opts.password).await?;
+    let mut imap = imap_login(imap_at, &opts).await?;
 
     let sent: Arc<Mutex<Vec<Sent>>> = Arc::default();
     let opts_arc = Arc::new(opts.clone());
@@ -621,7 +638,7 @@ pub async fn run(config: Arc<Config>, opts: ProbeOptions) -> Result<ProbeReport>
         if let Err(e) = poll(&mut imap, &run, &mut found).await {
             // The store may be restarting: reconnect and go on.
             tracing::warn!("probe: IMAP: {e:#}; reconnecting");
-            match imap::Imap::connect(imap_at, &opts.user, &opts.password).await {
+            match imap_login(imap_at, &opts).await {
                 Ok(i) => imap = i,
                 Err(e) => tracing::warn!("probe: IMAP reconnect: {e:#}"),
             }

@@ -14,7 +14,6 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use palisade_config::{Config, StageKind};
-use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::Command;
 use tokio::sync::watch;
 
@@ -127,26 +126,7 @@ pub async fn supervise(clamd: LocalClamd, mut stop: watch::Receiver<bool>) {
                 clamd.dir.join("clamd.sock").display()
             );
         }
-        for out in [
-            child
-                .stdout
-                .take()
-                .map(|o| Box::new(o) as Box<dyn tokio::io::AsyncRead + Unpin + Send>),
-            child
-                .stderr
-                .take()
-                .map(|o| Box::new(o) as Box<dyn tokio::io::AsyncRead + Unpin + Send>),
-        ]
-        .into_iter()
-        .flatten()
-        {
-            tokio::spawn(async move {
-                let mut lines = BufReader::new(out).lines();
-                while let Ok(Some(line)) = lines.next_line().await {
-                    println!("{:>15} | {line}", "clamd");
-                }
-            });
-        }
+        crate::up::prefix_output(&mut child, "clamd");
         tokio::select! {
             status = child.wait() => {
                 println!("up: clamd exited ({}); restarting in {}s",

@@ -274,6 +274,13 @@ fn start(name: &str, bin: &Path, config: &Path) -> std::io::Result<Child> {
         .stderr(Stdio::piped())
         .kill_on_drop(true)
         .spawn()?;
+    prefix_output(&mut child, name);
+    Ok(child)
+}
+
+/// Copies the child's stdout and stderr to ours, each line prefixed by
+/// `name` (`      mx-1 | ...`), so one terminal shows every node.
+pub(crate) fn prefix_output(child: &mut Child, name: &str) {
     for out in [
         child
             .stdout
@@ -295,7 +302,6 @@ fn start(name: &str, bin: &Path, config: &Path) -> std::io::Result<Child> {
             }
         });
     }
-    Ok(child)
 }
 
 /// SIGTERM, then SIGKILL if the node has not exited within 5 s.

@@ -15,7 +15,6 @@
 //! * Large mailboxes: a session keeps the folder index (UID, flags, size, date) in memory;
 //!   FETCH of index items and most SEARCH keys never read a message body.
 
-mod conn;
 mod fetch;
 mod mime;
 mod reader;
@@ -30,11 +29,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use palisade_mailbox::{Directory, MailStore};
-use tokio::io::AsyncWriteExt;
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
-use tracing::{debug, warn};
 
 /// Tunables of the IMAP server. [`ImapOptions::new`] gives the production defaults.
 #[derive(Debug, Clone)]
@@ -66,6 +62,9 @@ impl ImapOptions {
     }
 }
 
+/// A client connection: plaintext until STARTTLS, or TLS from the first byte.
+pub(crate) type Conn = palisade_net::MaybeTls<tokio::net::TcpStream>;
+
 pub(crate) struct Shared {
     pub acceptor: TlsAcceptor,
     pub directory: Directory,
@@ -85,7 +84,10 @@ pub async fn serve_imap(
     directory: Directory,
     store: MailStore,
 ) -> io::Result<()> {
-    let limit = Arc::new(Semaphore::new(options.max_connections.max(1)));
+    let max_connections = options.max_connections;
+    // Over TLS a plaintext BYE would be garbage to the client: just close.
+    let busy: Option<&'static [u8]> =
+        (!options.implicit_tls).then_some(b"* BYE [UNAVAILABLE] too many connections\r\n");
     let shared = Arc::new(Shared {
         acceptor: TlsAcceptor::from(tls),
         directory,
@@ -93,51 +95,8 @@ pub async fn serve_imap(
         options,
         recent: Mutex::new(HashMap::new()),
     });
-    loop {
-        let (tcp, peer) = match listener.accept().await {
-            Ok(x) => x,
-            Err(e) if is_transient_accept_error(&e) => {
-                warn!(error = %e, "imap accept failed; retrying");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
-            }
-            Err(e) => return Err(e),
-        };
-        let _ = tcp.set_nodelay(true);
-        let shared = shared.clone();
-        match limit.clone().try_acquire_owned() {
-            Ok(permit) => {
-                tokio::spawn(async move {
-                    let _permit = permit;
-                    debug!(%peer, "imap connection");
-                    if let Err(e) = session::handle_connection(tcp, shared).await {
-                        debug!(%peer, error = %e, "imap session ended with error");
-                    }
-                });
-            }
-            Err(_) => {
-                tokio::spawn(async move {
-                    let mut tcp = tcp;
-                    // Over TLS a plaintext BYE would be garbage to the client: just close.
-                    if !shared.options.implicit_tls {
-                        let _ = tokio::time::timeout(
-                            Duration::from_secs(5),
-                            tcp.write_all(b"* BYE [UNAVAILABLE] too many connections\r\n"),
-                        )
-                        .await;
-                    }
-                });
-            }
-        }
-    }
-}
-
-fn is_transient_accept_error(e: &io::Error) -> bool {
-    matches!(
-        e.kind(),
-        io::ErrorKind::ConnectionAborted
-            | io::ErrorKind::ConnectionReset
-            | io::ErrorKind::Interrupted
-            | io::ErrorKind::WouldBlock
-    ) || matches!(e.raw_os_error(), Some(23 | 24 | 12 | 105)) // ENFILE, EMFILE, ENOMEM, ENOBUFS
+    palisade_net::serve_capped(listener, max_connections, "imap", busy, |tcp| {
+        session::handle_connection(tcp, shared.clone())
+    })
+    .await
 }

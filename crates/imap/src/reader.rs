@@ -14,7 +14,7 @@ use imap_codec::imap_types::core::LiteralMode;
 use imap_codec::CommandCodec;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 
-use crate::conn::Conn;
+use crate::Conn;
 
 /// Longest command line (without literals).
 pub const MAX_LINE: u64 = 64 * 1024;

@@ -15,18 +15,17 @@ use imap_codec::imap_types::search::SearchKey;
 use imap_codec::imap_types::sequence::SequenceSet;
 use imap_codec::imap_types::status::StatusDataItemName;
 use imap_codec::AuthenticateDataCodec;
-use palisade_mailbox::{Delivery, FlagsOp, MailboxError, MessageMeta, User, INBOX};
+use palisade_mailbox::{Delivery, FlagsOp, FolderInfo, MailboxError, MessageMeta, User, INBOX};
+use palisade_net::{start_tls_buffered, MaybeTls};
 use tokio::io::{AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tracing::{info, warn};
 
-use crate::conn::Conn;
 use crate::reader::{read_command, read_line, Incoming};
 use crate::selected::{Entry, Selected};
-use crate::{fetch, mime, search, wire, Shared};
+use crate::{fetch, mime, search, wire, Conn, Shared};
 
-const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
 /// How often a session re-reads its folder when nothing in this process signalled a change
 /// (catches writes by other processes, e.g. the admin CLI).
 const POLL: Duration = Duration::from_secs(1);
@@ -38,14 +37,7 @@ const FLUSH_AT: usize = 1 << 20;
 const SYSTEM_FLAGS: &str = "\\Answered \\Flagged \\Deleted \\Seen \\Draft";
 
 pub(crate) async fn handle_connection(tcp: TcpStream, shared: Arc<Shared>) -> io::Result<()> {
-    let conn = if shared.options.implicit_tls {
-        let tls = tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, shared.acceptor.accept(tcp))
-            .await
-            .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "TLS handshake timeout"))??;
-        Conn::Tls(Box::new(tls))
-    } else {
-        Conn::Plain(tcp)
-    };
+    let conn = MaybeTls::accept(&shared.acceptor, tcp, shared.options.implicit_tls).await?;
     let changes = shared.store.subscribe_changes();
     let mut s = Session {
         shared: &shared,
@@ -431,16 +423,8 @@ impl Session<'_> {
         }
         self.tagged(t, "OK begin TLS negotiation now");
         self.flush().await?;
-        // `into_inner` drops anything the client pipelined after STARTTLS in plaintext, so no
-        // command can be injected across the TLS boundary (RFC 2595 §3.1).
-        let old = std::mem::replace(&mut self.stream, BufReader::new(Conn::Upgrading));
-        let Conn::Plain(tcp) = old.into_inner() else {
-            return Err(io::Error::other("STARTTLS on a non-plain stream"));
-        };
-        let tls = tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, self.shared.acceptor.accept(tcp))
-            .await
-            .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "TLS handshake timeout"))??;
-        self.stream = BufReader::new(Conn::Tls(Box::new(tls)));
+        // Drops anything the client pipelined after STARTTLS in plaintext.
+        start_tls_buffered(&mut self.stream, &self.shared.acceptor).await?;
         Ok(Flow::Continue)
     }
 
@@ -575,24 +559,37 @@ impl Session<'_> {
         );
     }
 
+    /// A folder's info and index, read off the async runtime; `None` when it
+    /// does not exist or cannot be read, after answering `t` so.
+    async fn open_folder(
+        &mut self,
+        t: &str,
+        user: &str,
+        name: &str,
+    ) -> Option<(FolderInfo, Vec<MessageMeta>)> {
+        let store = self.shared.store.clone();
+        let (u, f) = (user.to_string(), name.to_string());
+        let res = blocking(move || Ok((store.folder_info(&u, &f)?, store.list(&u, &f)?))).await;
+        match res {
+            Ok((Some(info), list)) => Some((info, list)),
+            Ok((None, _)) => {
+                self.tagged(t, "NO [NONEXISTENT] no such mailbox");
+                None
+            }
+            Err(e) => {
+                self.tagged(t, error_text(&e));
+                None
+            }
+        }
+    }
+
     async fn select(&mut self, t: &str, name: &str, read_only: bool) {
         // A failed SELECT leaves no mailbox selected (RFC 3501 §6.3.1).
         self.sel = None;
         let user = self.user_address();
-        let store = self.shared.store.clone();
-        let (u, f) = (user.clone(), name.to_string());
         self.changes.borrow_and_update();
-        let res = blocking(move || Ok((store.folder_info(&u, &f)?, store.list(&u, &f)?))).await;
-        let (info, list) = match res {
-            Ok((Some(info), list)) => (info, list),
-            Ok((None, _)) => {
-                self.tagged(t, "NO [NONEXISTENT] no such mailbox");
-                return;
-            }
-            Err(e) => {
-                self.tagged(t, error_text(&e));
-                return;
-            }
+        let Some((info, list)) = self.open_folder(t, &user, name).await else {
+            return;
         };
         let key = (user, info.name.clone());
         let msgs: Vec<Entry> = {
@@ -746,19 +743,9 @@ impl Session<'_> {
     }
 
     async fn status(&mut self, t: &str, name: String, items: &[StatusDataItemName]) {
-        let (store, user) = (self.shared.store.clone(), self.user_address());
-        let (u, f) = (user.clone(), name.clone());
-        let res = blocking(move || Ok((store.folder_info(&u, &f)?, store.list(&u, &f)?))).await;
-        let (info, list) = match res {
-            Ok((Some(i), l)) => (i, l),
-            Ok((None, _)) => {
-                self.tagged(t, "NO [NONEXISTENT] no such mailbox");
-                return;
-            }
-            Err(e) => {
-                self.tagged(t, error_text(&e));
-                return;
-            }
+        let user = self.user_address();
+        let Some((info, list)) = self.open_folder(t, &user, &name).await else {
+            return;
         };
         let boundary = self
             .shared

@@ -199,6 +199,33 @@ fn get_alias<T: Transaction>(
     }
 }
 
+fn put_user(
+    txn: &mut lmdb::RwTransaction<'_>,
+    users: Database,
+    address: &str,
+    rec: &UserRecord,
+) -> Result<(), MailboxError> {
+    txn.put(
+        users,
+        &address,
+        &postcard::to_stdvec(rec)?,
+        WriteFlags::empty(),
+    )?;
+    Ok(())
+}
+
+/// Removes an alias entry; one already gone is not an error.
+fn del_alias(
+    txn: &mut lmdb::RwTransaction<'_>,
+    aliases: Database,
+    alias: &str,
+) -> Result<(), MailboxError> {
+    match txn.del(aliases, &alias, None) {
+        Ok(()) | Err(lmdb::Error::NotFound) => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
 impl Directory {
     /// Opens (creating if needed) the directory in `dir`. Safe to open from several processes at
     /// once (the CLI writes while stage processes read).
@@ -253,12 +280,7 @@ impl Directory {
             version,
             over_quota: false,
         };
-        txn.put(
-            i.users,
-            &address,
-            &postcard::to_stdvec(&rec)?,
-            WriteFlags::empty(),
-        )?;
+        put_user(&mut txn, i.users, &address, &rec)?;
         txn.commit()?;
         Ok(())
     }
@@ -272,10 +294,7 @@ impl Directory {
             return Ok(false);
         };
         for alias in &rec.aliases {
-            match txn.del(i.aliases, alias, None) {
-                Ok(()) | Err(lmdb::Error::NotFound) => {}
-                Err(e) => return Err(e.into()),
-            }
+            del_alias(&mut txn, i.aliases, alias)?;
         }
         txn.del(i.users, &address, None)?;
         bump_version(&mut txn, i.meta)?;
@@ -296,12 +315,7 @@ impl Directory {
         };
         f(&mut rec);
         rec.version = bump_version(&mut txn, i.meta)?;
-        txn.put(
-            i.users,
-            &address,
-            &postcard::to_stdvec(&rec)?,
-            WriteFlags::empty(),
-        )?;
+        put_user(&mut txn, i.users, &address, &rec)?;
         txn.commit()?;
         Ok(true)
     }
@@ -350,12 +364,7 @@ impl Directory {
         rec.aliases.push(alias.clone());
         rec.version = bump_version(&mut txn, i.meta)?;
         txn.put(i.aliases, &alias, &target, WriteFlags::empty())?;
-        txn.put(
-            i.users,
-            &target,
-            &postcard::to_stdvec(&rec)?,
-            WriteFlags::empty(),
-        )?;
+        put_user(&mut txn, i.users, &target, &rec)?;
         txn.commit()?;
         Ok(())
     }
@@ -372,12 +381,7 @@ impl Directory {
         if let Some(mut rec) = get_user(&txn, i.users, &target)? {
             rec.aliases.retain(|a| a != &alias);
             rec.version = bump_version(&mut txn, i.meta)?;
-            txn.put(
-                i.users,
-                &target,
-                &postcard::to_stdvec(&rec)?,
-                WriteFlags::empty(),
-            )?;
+            put_user(&mut txn, i.users, &target, &rec)?;
         } else {
             bump_version(&mut txn, i.meta)?;
         }
@@ -462,10 +466,7 @@ impl Directory {
         }
         for (key, aliases) in old {
             for alias in aliases {
-                match txn.del(i.aliases, &alias, None) {
-                    Ok(()) | Err(lmdb::Error::NotFound) => {}
-                    Err(e) => return Err(e.into()),
-                }
+                del_alias(&mut txn, i.aliases, &alias)?;
             }
             txn.del(i.users, &key, None)?;
         }
@@ -479,12 +480,7 @@ impl Directory {
                 version: u.version,
                 over_quota: u.over_quota,
             };
-            txn.put(
-                i.users,
-                &address,
-                &postcard::to_stdvec(&rec)?,
-                WriteFlags::empty(),
-            )?;
+            put_user(&mut txn, i.users, &address, &rec)?;
             for alias in &u.aliases {
                 txn.put(i.aliases, alias, &address, WriteFlags::empty())?;
             }

@@ -15,24 +15,18 @@
 
 use std::collections::HashSet;
 use std::io;
-use std::pin::Pin;
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
 use std::time::Duration;
 
-use tokio::io::{
-    AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader, ReadBuf,
-};
+use palisade_net::{start_tls_buffered, MaybeTls};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
-use tokio_rustls::server::TlsStream;
 use tokio_rustls::TlsAcceptor;
-use tracing::{debug, info, warn};
+use tracing::{info, warn};
 
 use crate::{Directory, MailStore, User, INBOX};
 
 const MAX_LINE: u64 = 1024;
-const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Tunables of the POP3 server. [`Pop3Options::new`] gives the production defaults.
 #[derive(Debug, Clone)]
@@ -101,53 +95,15 @@ pub async fn serve_pop3_with_options(
         options,
         locks: Mutex::new(HashSet::new()),
     });
-    let limit = Arc::new(Semaphore::new(shared.options.max_connections.max(1)));
-    loop {
-        let (tcp, peer) = match listener.accept().await {
-            Ok(x) => x,
-            Err(e) if is_transient_accept_error(&e) => {
-                warn!(error = %e, "pop3 accept failed; retrying");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
-            }
-            Err(e) => return Err(e),
-        };
-        let _ = tcp.set_nodelay(true);
+    // Over TLS a plaintext -ERR would be garbage to the client: just close.
+    let busy: Option<&'static [u8]> =
+        (!shared.options.implicit_tls).then_some(b"-ERR [SYS/TEMP] too many connections\r\n");
+    let max_connections = shared.options.max_connections;
+    palisade_net::serve_capped(listener, max_connections, "pop3", busy, |tcp| {
         let shared = shared.clone();
-        match limit.clone().try_acquire_owned() {
-            Ok(permit) => {
-                tokio::spawn(async move {
-                    let _permit = permit;
-                    debug!(%peer, "pop3 connection");
-                    if let Err(e) = handle_connection(tcp, &shared).await {
-                        debug!(%peer, error = %e, "pop3 session ended with error");
-                    }
-                });
-            }
-            Err(_) => {
-                tokio::spawn(async move {
-                    let mut tcp = tcp;
-                    if !shared.options.implicit_tls {
-                        let _ = tokio::time::timeout(
-                            Duration::from_secs(5),
-                            tcp.write_all(b"-ERR [SYS/TEMP] too many connections\r\n"),
-                        )
-                        .await;
-                    }
-                });
-            }
-        }
-    }
-}
-
-fn is_transient_accept_error(e: &io::Error) -> bool {
-    matches!(
-        e.kind(),
-        io::ErrorKind::ConnectionAborted
-            | io::ErrorKind::ConnectionReset
-            | io::ErrorKind::Interrupted
-            | io::ErrorKind::WouldBlock
-    ) || matches!(e.raw_os_error(), Some(23 | 24 | 12 | 105)) // ENFILE, EMFILE, ENOMEM, ENOBUFS
+        async move { handle_connection(tcp, &shared).await }
+    })
+    .await
 }
 
 struct Shared {
@@ -174,67 +130,8 @@ impl Drop for MaildropLock<'_> {
     }
 }
 
-enum Conn {
-    Plain(TcpStream),
-    Tls(Box<TlsStream<TcpStream>>),
-    /// Placeholder while the plaintext stream is being upgraded to TLS.
-    Upgrading,
-}
-
-fn upgrading() -> io::Error {
-    io::Error::new(
-        io::ErrorKind::NotConnected,
-        "stream is being upgraded to TLS",
-    )
-}
-
-impl AsyncRead for Conn {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Conn::Plain(s) => Pin::new(s).poll_read(cx, buf),
-            Conn::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
-            Conn::Upgrading => Poll::Ready(Err(upgrading())),
-        }
-    }
-}
-
-impl AsyncWrite for Conn {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        match self.get_mut() {
-            Conn::Plain(s) => Pin::new(s).poll_write(cx, buf),
-            Conn::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
-            Conn::Upgrading => Poll::Ready(Err(upgrading())),
-        }
-    }
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Conn::Plain(s) => Pin::new(s).poll_flush(cx),
-            Conn::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
-            Conn::Upgrading => Poll::Ready(Err(upgrading())),
-        }
-    }
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Conn::Plain(s) => Pin::new(s).poll_shutdown(cx),
-            Conn::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
-            Conn::Upgrading => Poll::Ready(Err(upgrading())),
-        }
-    }
-}
-
-impl Conn {
-    fn is_tls(&self) -> bool {
-        matches!(self, Conn::Tls(_))
-    }
-}
+/// A client connection: plaintext until STLS, or TLS from the first byte.
+type Conn = MaybeTls<TcpStream>;
 
 struct Msg {
     uid: u32,
@@ -322,14 +219,7 @@ async fn read_line(stream: &mut Stream, idle: Duration) -> io::Result<Line> {
 }
 
 async fn handle_connection(tcp: TcpStream, shared: &Shared) -> io::Result<()> {
-    let conn = if shared.options.implicit_tls {
-        let tls = tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, shared.acceptor.accept(tcp))
-            .await
-            .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "TLS handshake timeout"))??;
-        Conn::Tls(Box::new(tls))
-    } else {
-        Conn::Plain(tcp)
-    };
+    let conn = MaybeTls::accept(&shared.acceptor, tcp, shared.options.implicit_tls).await?;
     let mut stream = BufReader::new(conn);
     let res = session(&mut stream, shared).await;
     let _ = tokio::time::timeout(Duration::from_secs(5), stream.shutdown()).await;
@@ -421,18 +311,8 @@ async fn session(stream: &mut Stream, shared: &Shared) -> io::Result<()> {
             }
             ("STLS", None) if !tls && !shared.options.implicit_tls => {
                 reply(stream, "+OK Begin TLS negotiation", idle).await?;
-                // Replace the stream; `into_inner` drops any pipelined plaintext (RFC 2595 §4).
-                let old = std::mem::replace(stream, BufReader::new(Conn::Upgrading));
-                let Conn::Plain(tcp) = old.into_inner() else {
-                    return Err(upgrading());
-                };
-                let tls_stream =
-                    tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, shared.acceptor.accept(tcp))
-                        .await
-                        .map_err(|_| {
-                            io::Error::new(io::ErrorKind::TimedOut, "TLS handshake timeout")
-                        })??;
-                *stream = BufReader::new(Conn::Tls(Box::new(tls_stream)));
+                // Drops any pipelined plaintext (RFC 2595 §4).
+                start_tls_buffered(stream, &shared.acceptor).await?;
                 pending_user = None;
             }
             ("STLS", _) => reply(stream, "-ERR STLS not permitted now", idle).await?,

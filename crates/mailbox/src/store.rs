@@ -486,6 +486,32 @@ impl Core {
     }
 
     /// Deletes messages by UID in an open transaction; returns (count, bytes freed).
+    /// Appends copies of `uids` of `from` to `to`, keeping flags and internal
+    /// date; `(source uid, new uid)` pairs (UIDs already gone are skipped).
+    fn copy_in(
+        &self,
+        txn: &mut RwTransaction<'_>,
+        user: &str,
+        from: &str,
+        uids: &[u32],
+        to: &str,
+    ) -> Result<Vec<(u32, u32)>, MailboxError> {
+        let mut map = Vec::new();
+        for &uid in uids {
+            let rec: MsgRecord = match get_opt(txn, self.dbs.messages, &msg_key(user, from, uid))? {
+                Some(b) => postcard::from_bytes(b)?,
+                None => continue,
+            };
+            let Some(body) = get_opt(txn, self.dbs.bodies, &rec.body.to_be_bytes())? else {
+                continue;
+            };
+            let body = body.to_vec();
+            let new_uid = self.append(txn, user, to, &body, rec.flags, rec.internal_date_ms)?;
+            map.push((uid, new_uid));
+        }
+        Ok(map)
+    }
+
     fn delete_in(
         &self,
         txn: &mut RwTransaction<'_>,
@@ -882,21 +908,7 @@ impl MailStore {
         let to = normalize_folder(to)?;
         let core = self.core();
         let mut txn = core.env.begin_rw_txn()?;
-        let mut map = Vec::new();
-        for &uid in uids {
-            let rec: MsgRecord =
-                match get_opt(&txn, core.dbs.messages, &msg_key(&user, &from, uid))? {
-                    Some(b) => postcard::from_bytes(b)?,
-                    None => continue,
-                };
-            let Some(body) = get_opt(&txn, core.dbs.bodies, &rec.body.to_be_bytes())? else {
-                continue;
-            };
-            let body = body.to_vec();
-            let new_uid =
-                core.append(&mut txn, &user, &to, &body, rec.flags, rec.internal_date_ms)?;
-            map.push((uid, new_uid));
-        }
+        let map = core.copy_in(&mut txn, &user, &from, uids, &to)?;
         if quota_bytes > 0 && get_u64(&txn, core.dbs.usage, user.as_bytes())? > quota_bytes {
             txn.abort();
             return Ok(None);
@@ -993,21 +1005,7 @@ impl MailStore {
         }
         let core = self.core();
         let mut txn = core.env.begin_rw_txn()?;
-        let mut map = Vec::new();
-        for &uid in uids {
-            let rec: MsgRecord =
-                match get_opt(&txn, core.dbs.messages, &msg_key(&user, &from, uid))? {
-                    Some(b) => postcard::from_bytes(b)?,
-                    None => continue,
-                };
-            let Some(body) = get_opt(&txn, core.dbs.bodies, &rec.body.to_be_bytes())? else {
-                continue;
-            };
-            let body = body.to_vec();
-            let new_uid =
-                core.append(&mut txn, &user, &to, &body, rec.flags, rec.internal_date_ms)?;
-            map.push((uid, new_uid));
-        }
+        let map = core.copy_in(&mut txn, &user, &from, uids, &to)?;
         let moved: Vec<u32> = map.iter().map(|(old, _)| *old).collect();
         core.delete_in(&mut txn, &user, &from, &moved)?;
         txn.commit()?;

@@ -1,93 +1,15 @@
 mod common;
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::TempDir;
 use palisade_mailbox::{
     serve_pop3, serve_pop3_with_options, Directory, MailStore, Pop3Options, INBOX,
 };
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName, UnixTime};
-use rustls::{DigitallySignedStruct, SignatureScheme};
+use palisade_testsupport::tls::{connector, localhost, server_config as server_tls};
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
-use tokio_rustls::TlsConnector;
-
-fn provider() -> Arc<rustls::crypto::CryptoProvider> {
-    Arc::new(rustls::crypto::ring::default_provider())
-}
-
-fn server_tls() -> Arc<rustls::ServerConfig> {
-    let ck = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
-    let cert = CertificateDer::from(ck.cert.der().to_vec());
-    let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(ck.key_pair.serialize_der()));
-    Arc::new(
-        rustls::ServerConfig::builder_with_provider(provider())
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_no_client_auth()
-            .with_single_cert(vec![cert], key)
-            .unwrap(),
-    )
-}
-
-#[derive(Debug)]
-struct NoVerify(Arc<rustls::crypto::CryptoProvider>);
-
-impl ServerCertVerifier for NoVerify {
-    fn verify_server_cert(
-        &self,
-        _: &CertificateDer<'_>,
-        _: &[CertificateDer<'_>],
-        _: &ServerName<'_>,
-        _: &[u8],
-        _: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
-    }
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
-    }
-}
-
-fn connector() -> TlsConnector {
-    let p = provider();
-    let cfg = rustls::ClientConfig::builder_with_provider(p.clone())
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .dangerous()
-        .with_custom_certificate_verifier(Arc::new(NoVerify(p)))
-        .with_no_client_auth();
-    TlsConnector::from(Arc::new(cfg))
-}
 
 struct Client<S> {
     s: BufReader<S>,
@@ -139,10 +61,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Client<S> {
 
 async fn tls_client(addr: SocketAddr) -> Client<tokio_rustls::client::TlsStream<TcpStream>> {
     let tcp = TcpStream::connect(addr).await.unwrap();
-    let tls = connector()
-        .connect(ServerName::try_from("localhost").unwrap(), tcp)
-        .await
-        .unwrap();
+    let tls = connector().connect(localhost(), tcp).await.unwrap();
     Client {
         s: BufReader::new(tls),
     }
@@ -365,10 +284,7 @@ async fn plaintext_requires_stls() {
     assert!(c.cmd("STAT").await.starts_with("-ERR"));
     assert!(c.cmd("STLS").await.starts_with("+OK"));
     let tcp = c.s.into_inner();
-    let tls = connector()
-        .connect(ServerName::try_from("localhost").unwrap(), tcp)
-        .await
-        .unwrap();
+    let tls = connector().connect(localhost(), tcp).await.unwrap();
     let mut c = Client {
         s: BufReader::new(tls),
     };
@@ -399,7 +315,7 @@ async fn stls_discards_pipelined_plaintext() {
         .unwrap();
     assert!(c.line().await.starts_with("+OK"));
     let tls = connector()
-        .connect(ServerName::try_from("localhost").unwrap(), c.s.into_inner())
+        .connect(localhost(), c.s.into_inner())
         .await
         .unwrap();
     let mut c = Client {

@@ -34,7 +34,7 @@ use palisade_smtp_client::{
     dane_tls_config, insecure_tls_config, ClientConfig, ClientError, Connection, TlsMode, Tlsa,
     Transaction, TxResult,
 };
-use palisade_stage::received::{received_header, Hop};
+use palisade_stage::received::{received_header, with_header, Hop};
 use palisade_stage::NodeContext;
 use tokio::sync::Semaphore;
 use tracing::{info, warn};
@@ -398,23 +398,13 @@ impl Deliverer {
     /// one of ours and we hold its key.
     fn prepare_message(&self, envelope: &Envelope, body: &[u8]) -> Vec<u8> {
         let qid = envelope.id.to_string();
-        let header = received_header(&Hop {
-            helo: &envelope.client.helo,
-            peer: &envelope.client.peer,
-            hostname: &self.ctx.config.gateway.hostname,
-            node: &self.ctx.node_name,
-            tls: envelope.client.tls.is_some(),
-            authenticated: envelope.client.auth_user.is_some(),
-            queue_id: &qid,
-            single_recipient: match envelope.rcpts.as_slice() {
-                [only] => Some(only.address.as_str()),
-                _ => None,
-            },
-            when: envelope.arrived,
-        });
-        let mut message = Vec::with_capacity(header.len() + body.len() + 512);
-        message.extend_from_slice(header.as_bytes());
-        message.extend_from_slice(body);
+        let header = received_header(&Hop::of_queued(
+            envelope,
+            &self.ctx.config.gateway.hostname,
+            &self.ctx.node_name,
+            &qid,
+        ));
+        let message = with_header(&header, body);
         if let Some(domain) = from_domain(body) {
             match self.dkim().sign(&domain, &message) {
                 Some(Ok(sig)) => {

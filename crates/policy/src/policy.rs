@@ -237,7 +237,9 @@ impl Policy {
         self.sink.action(&Self::who(c), mechanism, action, detail);
     }
 
-    fn refused(&self, c: &Client, r: Refusal) -> Result<(), Refusal> {
+    /// Refuses with `reply` on behalf of `mechanism`, and reports it.
+    fn refused(&self, c: &Client, mechanism: &'static str, reply: Reply) -> Result<(), Refusal> {
+        let r = Refusal { mechanism, reply };
         let action = match r.reply.code {
             421 => "disconnect",
             400..=499 => "tempfail",
@@ -290,14 +292,12 @@ impl Policy {
                 Listed::Black => {
                     return self.refused(
                         c,
-                        Refusal {
-                            mechanism: "DM18",
-                            reply: Reply::enhanced(
-                                554,
-                                (5, 7, 1),
-                                format!("Client host [{ip}] blocked by local policy"),
-                            ),
-                        },
+                        "DM18",
+                        Reply::enhanced(
+                            554,
+                            (5, 7, 1),
+                            format!("Client host [{ip}] blocked by local policy"),
+                        ),
                     )
                 }
                 Listed::No => {}
@@ -312,13 +312,7 @@ impl Policy {
         });
         if let Some(traps) = &self.traps {
             if let Some(reply) = traps.check_client(ip).await {
-                return self.refused(
-                    c,
-                    Refusal {
-                        mechanism: "DM27",
-                        reply,
-                    },
-                );
+                return self.refused(c, "DM27", reply);
             }
         }
         if trusted {
@@ -328,36 +322,18 @@ impl Policy {
         // (smtpd_client_event_limit_exceptions); so do we, via `trusted`.
         if let Some(conns) = &self.connections {
             if let Some(reply) = conns.admit(c.local, c.peer, c.session).await {
-                return self.refused(
-                    c,
-                    Refusal {
-                        mechanism: "DM10",
-                        reply,
-                    },
-                );
+                return self.refused(c, "DM10", reply);
             }
             self.with_session(c.session, |s| s.connection_slot = true);
         }
         if let Some(rates) = &self.rates {
             if let Some(reply) = rates.connection(ip).await {
-                return self.refused(
-                    c,
-                    Refusal {
-                        mechanism: "DM11",
-                        reply,
-                    },
-                );
+                return self.refused(c, "DM11", reply);
             }
         }
         if let Some(dnsbl) = &self.dnsbl {
             if let Some(reply) = dnsbl.check(&self.dns, ip).await {
-                return self.refused(
-                    c,
-                    Refusal {
-                        mechanism: "DM20",
-                        reply,
-                    },
-                );
+                return self.refused(c, "DM20", reply);
             }
         }
         Ok(())
@@ -382,13 +358,7 @@ impl Policy {
             if let Some(reply) =
                 dm19_mta_rules::check_helo(name, &self.opts.hostname, &self.opts.local_domains)
             {
-                return self.refused(
-                    c,
-                    Refusal {
-                        mechanism: "DM19",
-                        reply,
-                    },
-                );
+                return self.refused(c, "DM19", reply);
             }
         }
         self.rules_on(c, Field::Helo, name)
@@ -400,15 +370,7 @@ impl Policy {
         };
         for hit in rules.check(field, value) {
             match hit {
-                Hit::Refuse(reply) => {
-                    return self.refused(
-                        c,
-                        Refusal {
-                            mechanism: "DM23",
-                            reply,
-                        },
-                    )
-                }
+                Hit::Refuse(reply) => return self.refused(c, "DM23", reply),
                 Hit::Tag(t) => self.report(c, "DM23", "tag", &t),
             }
         }
@@ -432,24 +394,12 @@ impl Policy {
         if !trusted {
             if let Some(rates) = &self.rates {
                 if let Some(reply) = rates.message(ip).await {
-                    return self.refused(
-                        c,
-                        Refusal {
-                            mechanism: "DM11",
-                            reply,
-                        },
-                    );
+                    return self.refused(c, "DM11", reply);
                 }
             }
             if let Some(sr) = &self.sender_rate {
                 if let Some(reply) = sr.check(from).await {
-                    return self.refused(
-                        c,
-                        Refusal {
-                            mechanism: "DM34",
-                            reply,
-                        },
-                    );
+                    return self.refused(c, "DM34", reply);
                 }
             }
         }
@@ -459,14 +409,12 @@ impl Policy {
                 Listed::Black => {
                     return self.refused(
                         c,
-                        Refusal {
-                            mechanism: "DM18",
-                            reply: Reply::enhanced(
-                                554,
-                                (5, 7, 1),
-                                format!("<{from}>: Sender address rejected: Access denied"),
-                            ),
-                        },
+                        "DM18",
+                        Reply::enhanced(
+                            554,
+                            (5, 7, 1),
+                            format!("<{from}>: Sender address rejected: Access denied"),
+                        ),
                     )
                 }
                 Listed::White => {
@@ -487,24 +435,12 @@ impl Policy {
         if let Some(r) = on(&self.m.dm19_mta_rules) {
             if r.refuse_local_forgery {
                 if let Some(reply) = dm19_mta_rules::check_forgery(from, sender_is_local, false) {
-                    return self.refused(
-                        c,
-                        Refusal {
-                            mechanism: "DM19",
-                            reply,
-                        },
-                    );
+                    return self.refused(c, "DM19", reply);
                 }
             }
             if r.sender_domain_must_resolve && !sender_white {
                 if let Some(reply) = dm19_mta_rules::check_sender_domain(&self.dns, from).await {
-                    return self.refused(
-                        c,
-                        Refusal {
-                            mechanism: "DM19",
-                            reply,
-                        },
-                    );
+                    return self.refused(c, "DM19", reply);
                 }
             }
         }
@@ -516,13 +452,7 @@ impl Policy {
             let spf = dm30_dm31_auth::spf(&self.dns, ip, helo, &self.opts.hostname, from).await;
             if let Some(a) = on(&self.m.dm30_dm31_auth) {
                 if let Some(reply) = dm30_dm31_auth::spf_refusal(a, &spf, from) {
-                    return self.refused(
-                        c,
-                        Refusal {
-                            mechanism: "DM30",
-                            reply,
-                        },
-                    );
+                    return self.refused(c, "DM30", reply);
                 }
             }
             self.with_session(c.session, |s| s.spf = Some(spf));
@@ -563,24 +493,12 @@ impl Policy {
             if let Some(reply) =
                 dm7_relay_access::check_recipient(to, &is_local_domain, c.authenticated)
             {
-                return self.refused(
-                    c,
-                    Refusal {
-                        mechanism: "DM7",
-                        reply,
-                    },
-                );
+                return self.refused(c, "DM7", reply);
             }
         }
         if let Some(traps) = &self.traps {
             if let Some(reply) = traps.check_rcpt(c.ip(), to).await {
-                return self.refused(
-                    c,
-                    Refusal {
-                        mechanism: "DM27",
-                        reply,
-                    },
-                );
+                return self.refused(c, "DM27", reply);
             }
         }
         Ok(())
@@ -602,13 +520,7 @@ impl Policy {
             bad = bad.max(self.bad_rcpts.record(&ip, window).await);
         }
         match dm36_bad_rcpt::after_bad_rcpt(b, bad) {
-            Throttle::Disconnect(reply) => self.refused(
-                c,
-                Refusal {
-                    mechanism: "DM36",
-                    reply,
-                },
-            ),
+            Throttle::Disconnect(reply) => self.refused(c, "DM36", reply),
             Throttle::Delay(_) | Throttle::None => Ok(()),
         }
     }
@@ -649,15 +561,7 @@ impl Policy {
                         "pass",
                         &format!("({net}, <{from}>, <{to}>) retried after the delay"),
                     ),
-                    Ok(Grey::Greylisted(reply)) => {
-                        return self.refused(
-                            c,
-                            Refusal {
-                                mechanism: "DM22",
-                                reply,
-                            },
-                        )
-                    }
+                    Ok(Grey::Greylisted(reply)) => return self.refused(c, "DM22", reply),
                     Err(e) => warn!("DM22: greylist store failed, letting mail through: {e}"),
                 }
             }
@@ -695,13 +599,7 @@ impl Policy {
                     tokio::time::sleep(wait).await;
                 }
                 RateVerdict::Cut(reply) => {
-                    self.refused(
-                        c,
-                        Refusal {
-                            mechanism: "DM33",
-                            reply: reply.clone(),
-                        },
-                    )?;
+                    self.refused(c, "DM33", reply.clone())?;
                 }
             }
         }
@@ -709,13 +607,7 @@ impl Policy {
             for (name, value) in dm23_regex::headers(message) {
                 for hit in rules.check(Field::Header(&name), &value) {
                     match hit {
-                        Hit::Refuse(reply) => self.refused(
-                            c,
-                            Refusal {
-                                mechanism: "DM23",
-                                reply,
-                            },
-                        )?,
+                        Hit::Refuse(reply) => self.refused(c, "DM23", reply)?,
                         Hit::Tag(t) => {
                             plan.prepend.push_str(&format!("X-Palisade-Rule: {t}\r\n"));
                             plan.actions.push(Action {
@@ -751,13 +643,7 @@ impl Policy {
             )
             .await;
             if let Some(reply) = v.refusal {
-                self.refused(
-                    c,
-                    Refusal {
-                        mechanism: "DM31",
-                        reply,
-                    },
-                )?;
+                self.refused(c, "DM31", reply)?;
             }
             plan.actions.push(Action {
                 mechanism: "DM31",

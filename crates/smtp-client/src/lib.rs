@@ -704,20 +704,7 @@ impl Connection {
                 data: None,
             });
         }
-        if data.code != 354 {
-            self.reset_transaction().await?;
-            return Ok(TxResult {
-                mail,
-                rcpts: replies,
-                data: Some(data),
-            });
-        }
-        let end = self.write_body(body).await?;
-        Ok(TxResult {
-            mail,
-            rcpts: replies,
-            data: Some(end),
-        })
+        self.after_data(mail, replies, data, body).await
     }
 
     /// `wbuf` holds MAIL (up to `mail_end`) and then the RCPTs, one line each.
@@ -791,21 +778,31 @@ impl Connection {
         }
         self.write_raw("DATA", b"DATA\r\n", t).await?;
         let data = self.read_reply("DATA", t).await?;
-        if data.code != 354 {
+        self.after_data(mail, replies, data, body).await
+    }
+
+    /// After the DATA reply: the body when the server said 354; otherwise
+    /// the transaction is reset (unless the server is closing, 421) and the
+    /// refusal is the answer.
+    async fn after_data(
+        &mut self,
+        mail: Reply,
+        replies: Vec<Reply>,
+        data: Reply,
+        body: &[u8],
+    ) -> Result<TxResult, ClientError> {
+        let data = if data.code == 354 {
+            self.write_body(body).await?
+        } else {
             if data.code != 421 {
                 self.reset_transaction().await?;
             }
-            return Ok(TxResult {
-                mail,
-                rcpts: replies,
-                data: Some(data),
-            });
-        }
-        let end = self.write_body(body).await?;
+            data
+        };
         Ok(TxResult {
             mail,
             rcpts: replies,
-            data: Some(end),
+            data: Some(data),
         })
     }
 

@@ -8,7 +8,7 @@ use palisade_smtp_client::{
     insecure_tls_config, verifying_tls_config, ClientConfig, ClientError, Connection, TlsMode,
     Transaction,
 };
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+use rustls::pki_types::CertificateDer;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpListener;
 
@@ -585,18 +585,7 @@ async fn envelope_injection_is_refused_locally() {
 }
 
 fn tls_server() -> (Arc<rustls::ServerConfig>, CertificateDer<'static>) {
-    let ck = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
-    let cert = ck.cert.der().clone();
-    let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(ck.key_pair.serialize_der()));
-    let cfg = rustls::ServerConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_no_client_auth()
-    .with_single_cert(vec![cert.clone()], key)
-    .unwrap();
-    (Arc::new(cfg), cert)
+    palisade_testsupport::tls::self_signed("localhost")
 }
 
 #[tokio::test]

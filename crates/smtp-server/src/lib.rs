@@ -29,7 +29,6 @@ pub mod hooks;
 pub mod proxy;
 mod session;
 pub mod state;
-mod stream;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

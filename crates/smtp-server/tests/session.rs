@@ -355,7 +355,10 @@ async fn starttls_discards_injected_plaintext_and_resets() {
         .await;
     assert!(c.reply().await.starts_with("220 2.0.0"));
     let tcp = c.io.into_inner();
-    let stream = tls::connector().connect(tls::name(), tcp).await.unwrap();
+    let stream = tls::connector()
+        .connect(tls::localhost(), tcp)
+        .await
+        .unwrap();
     let mut c = Client::new(stream);
     c.ok("MAIL FROM:<a@b.test>", "503 5.5.1 Send HELO/EHLO first")
         .await;
@@ -386,7 +389,10 @@ async fn implicit_tls_handshakes_before_banner() {
     })
     .await;
     let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let stream = tls::connector().connect(tls::name(), tcp).await.unwrap();
+    let stream = tls::connector()
+        .connect(tls::localhost(), tcp)
+        .await
+        .unwrap();
     let mut c = Client::new(stream);
     assert_eq!(c.reply().await, "220 mx.test ESMTP Palisade\r\n");
     let ehlo = c.cmd("EHLO c.test").await;

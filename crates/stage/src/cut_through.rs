@@ -323,9 +323,7 @@ impl CutThrough {
         let header = self
             .forwarder
             .trace_header(client, &id, single, SystemTime::now());
-        let mut body = Vec::with_capacity(header.len() + message.len());
-        body.extend_from_slice(header.as_bytes());
-        body.extend_from_slice(message);
+        let body = crate::received::with_header(&header, message);
         // The queue runner's parameters (mail_params.to_wire(), each
         // recipient's to_wire()) plus the wait left for the next stage.
         let wire = env.mail_params.to_wire();

@@ -41,6 +41,19 @@ pub enum Verdict {
     Reject(Reply),
 }
 
+impl Verdict {
+    /// The filter could not keep a message it means to keep (quarantine
+    /// write failed): 451, so the upstream queue keeps it and retries.
+    pub fn could_not_keep(why: impl std::fmt::Display) -> Verdict {
+        tracing::warn!("{why}; message tempfailed");
+        Verdict::Tempfail(Reply::enhanced(
+            451,
+            (4, 3, 0),
+            "Local error in processing; try again later",
+        ))
+    }
+}
+
 pub type VerdictFuture<'a> = Pin<Box<dyn Future<Output = Verdict> + Send + 'a>>;
 
 pub trait MessageFilter: Send + Sync + 'static {

@@ -29,7 +29,7 @@ use palisade_smtp_proto::Reply;
 use tokio::sync::Semaphore;
 use tracing::{info, warn};
 
-use crate::received::{received_header, Hop};
+use crate::received::{received_header, with_header, Hop};
 use crate::runtime::NodeContext;
 
 /// How long a node that failed is skipped before it is tried again.
@@ -212,16 +212,14 @@ impl Forwarder {
 
     /// The message as the next hop sees it: our Received line on top.
     fn with_trace_header(&self, envelope: &Envelope, body: &[u8]) -> Vec<u8> {
-        let single = match envelope.rcpts.as_slice() {
-            [only] => Some(only.address.as_str()),
-            _ => None,
-        };
         let id = envelope.id.to_string();
-        let header = self.trace_header(&envelope.client, &id, single, envelope.arrived);
-        let mut message = Vec::with_capacity(header.len() + body.len());
-        message.extend_from_slice(header.as_bytes());
-        message.extend_from_slice(body);
-        message
+        let hop = Hop::of_queued(
+            envelope,
+            &self.ctx.config.gateway.hostname,
+            &self.ctx.node_name,
+            &id,
+        );
+        with_header(&self.received(hop), body)
     }
 
     /// Our Received line for a message from `client`, known here as `id`
@@ -233,24 +231,22 @@ impl Forwarder {
         single_recipient: Option<&str>,
         when: SystemTime,
     ) -> String {
-        let hide_ip = self.hide_client_ip;
-        // An address-literal HELO ([192.0.2.1]) would reveal the IP too.
-        let helo = if hide_ip && client.helo.starts_with('[') {
-            "unknown"
-        } else {
-            &client.helo
-        };
-        received_header(&Hop {
-            helo,
-            peer: if hide_ip { "" } else { &client.peer },
-            hostname: &self.ctx.config.gateway.hostname,
-            node: &self.ctx.node_name,
-            tls: client.tls.is_some(),
-            authenticated: client.auth_user.is_some(),
-            queue_id: id,
+        self.received(Hop::from_client(
+            client,
+            &self.ctx.config.gateway.hostname,
+            &self.ctx.node_name,
+            id,
             single_recipient,
             when,
-        })
+        ))
+    }
+
+    fn received(&self, hop: Hop<'_>) -> String {
+        if self.hide_client_ip {
+            received_header(&hop.hiding_client_ip())
+        } else {
+            received_header(&hop)
+        }
     }
 
     /// The pool's nodes in the order to try them: rotated for load

@@ -109,6 +109,17 @@ pub fn edge_policy_for(
     Ok(Some(Arc::new(policy)))
 }
 
+/// DM35's answer for a recipient whose mailbox is over quota: 452, so the
+/// sender keeps the message and retries (the MX from its directory replica,
+/// the store from its own count).
+pub fn mailbox_full(rcpt: &str) -> Reply {
+    Reply::enhanced(
+        452,
+        (4, 2, 2),
+        format!("<{rcpt}>: Mailbox full, try again later"),
+    )
+}
+
 fn policy_client(s: &SessionInfo) -> Client<'_> {
     Client {
         session: s.id,
@@ -222,15 +233,7 @@ impl Hooks for RelayIntake {
                 // DM35 seen from the MX: the store said this mailbox is
                 // full, so the sender keeps the message for now.
                 Ok(Some(user)) if user.over_quota => {
-                    return Err(self.refuse(
-                        s,
-                        "RCPT",
-                        Reply::enhanced(
-                            452,
-                            (4, 2, 2),
-                            format!("<{to}>: Mailbox full, try again later"),
-                        ),
-                    ))
+                    return Err(self.refuse(s, "RCPT", mailbox_full(to)))
                 }
                 Ok(Some(_)) => {}
                 Ok(None) => {

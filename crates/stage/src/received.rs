@@ -4,6 +4,7 @@
 
 use std::time::SystemTime;
 
+use palisade_queue::{ClientInfo, Envelope};
 use time::OffsetDateTime;
 
 /// What one hop knows about how it received a message.
@@ -24,6 +25,76 @@ pub struct Hop<'a> {
     /// other recipients.
     pub single_recipient: Option<&'a str>,
     pub when: SystemTime,
+}
+
+impl<'a> Hop<'a> {
+    /// The hop from a client session as the queue records it, received by
+    /// `node` on `hostname` at `when` and known here as `queue_id`.
+    pub fn from_client(
+        client: &'a ClientInfo,
+        hostname: &'a str,
+        node: &'a str,
+        queue_id: &'a str,
+        single_recipient: Option<&'a str>,
+        when: SystemTime,
+    ) -> Self {
+        Hop {
+            helo: &client.helo,
+            peer: &client.peer,
+            hostname,
+            node,
+            tls: client.tls.is_some(),
+            authenticated: client.auth_user.is_some(),
+            queue_id,
+            single_recipient,
+            when,
+        }
+    }
+
+    /// The hop a queued message took into this node: its client, its
+    /// arrival time and, when it has only one, its recipient.
+    pub fn of_queued(
+        envelope: &'a Envelope,
+        hostname: &'a str,
+        node: &'a str,
+        queue_id: &'a str,
+    ) -> Self {
+        let single_recipient = match envelope.rcpts.as_slice() {
+            [only] => Some(only.address.as_str()),
+            _ => None,
+        };
+        Self::from_client(
+            &envelope.client,
+            hostname,
+            node,
+            queue_id,
+            single_recipient,
+            envelope.arrived,
+        )
+    }
+
+    /// The MSA's privacy setting: neither the client's IP nor an
+    /// address-literal HELO (`[192.0.2.1]`, which would reveal it too).
+    pub fn hiding_client_ip(self) -> Self {
+        Hop {
+            helo: if self.helo.starts_with('[') {
+                "unknown"
+            } else {
+                self.helo
+            },
+            peer: "",
+            ..self
+        }
+    }
+}
+
+/// The message as the next hop sees it: `header` (ours, on top), then
+/// `message`.
+pub fn with_header(header: &str, message: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(header.len() + message.len());
+    out.extend_from_slice(header.as_bytes());
+    out.extend_from_slice(message);
+    out
 }
 
 /// The RFC 3848 protocol keyword for the session.
@@ -145,5 +216,25 @@ mod tests {
             h.ends_with("Thu, 1 Jan 1970 00:00:00 +0000 (epoch 0.000000)\r\n"),
             "{h}"
         );
+    }
+
+    #[test]
+    fn hiding_client_ip_drops_peer_and_address_literal_helo() {
+        let client = ClientInfo {
+            peer: "192.0.2.7:5000".into(),
+            helo: "[192.0.2.7]".into(),
+            tls: Some("TLSv1.3".into()),
+            auth_user: Some("alice".into()),
+        };
+        let hop = Hop::from_client(&client, "h", "msa-1", "Q", None, UNIX_EPOCH);
+        let open = received_header(&hop);
+        assert!(
+            open.starts_with("Received: from [192.0.2.7] ([192.0.2.7])"),
+            "{open}"
+        );
+        let hidden = received_header(&hop.hiding_client_ip());
+        assert!(hidden.starts_with("Received: from unknown\r\n"), "{hidden}");
+        assert!(!hidden.contains("192.0.2.7"), "{hidden}");
+        assert!(hidden.contains("with ESMTPSA id Q;"), "{hidden}");
     }
 }

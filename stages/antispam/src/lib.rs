@@ -29,7 +29,6 @@ use std::sync::{Arc, RwLock};
 
 use anyhow::{Context, Result};
 use palisade_config::SpamSettings;
-use palisade_smtp_proto::Reply;
 use palisade_spam::{Analysis, BayesDb, MemoryCounts, Scorer, ScorerSettings};
 use palisade_stage::cut_through;
 use palisade_stage::filter::{FilterContext, MessageFilter, Verdict, VerdictFuture};
@@ -164,12 +163,7 @@ impl AntispamFilter {
             message: stored,
         };
         if let Err(e) = self.quarantine.put(&entry) {
-            warn!("quarantine write failed: {e}; message tempfailed");
-            return Verdict::Tempfail(Reply::enhanced(
-                451,
-                (4, 3, 0),
-                "Local error in processing; try again later",
-            ));
+            return Verdict::could_not_keep(format!("quarantine write failed: {e}"));
         }
         warn!(
             "quarantined {}: {kind} score {:.2}, from=<{}>, to={:?}",

@@ -139,12 +139,7 @@ impl AntivirusFilter {
             message: message.to_vec(),
         };
         if let Err(e) = self.quarantine.put(&entry) {
-            warn!("quarantine write failed: {e}; message tempfailed");
-            return Verdict::Tempfail(Reply::enhanced(
-                451,
-                (4, 3, 0),
-                "Local error in processing; try again later",
-            ));
+            return Verdict::could_not_keep(format!("quarantine write failed: {e}"));
         }
         warn!(
             "quarantined {}: {kind} {verdict}, from=<{}>, to={:?}, origin={}",

@@ -10,7 +10,8 @@ use palisade_mailbox::{Delivery, Directory, MailStore};
 use palisade_queue::{JournalEntry, JournalEvent, Queue};
 use palisade_smtp_proto::{MailParams, RcptParams, Reply};
 use palisade_smtp_server::{Envelope, Hooks, SessionInfo};
-use palisade_stage::received::{received_header, Hop};
+use palisade_stage::intake::mailbox_full;
+use palisade_stage::received::{received_header, with_header, Hop};
 use palisade_stage::NodeContext;
 use tracing::{info, warn};
 
@@ -138,14 +139,6 @@ impl StoreIntake {
     }
 }
 
-fn over_quota(rcpt: &str) -> Reply {
-    Reply::enhanced(
-        452,
-        (4, 2, 2),
-        format!("<{rcpt}>: Mailbox full, try again later"),
-    )
-}
-
 impl Hooks for StoreIntake {
     async fn on_connect(&self, s: &SessionInfo) -> Result<(), Reply> {
         let allowed = {
@@ -190,7 +183,7 @@ impl Hooks for StoreIntake {
             let size = env_size(&env.mail_params);
             if used + size > user.quota_bytes {
                 self.set_refusing(&user.address, true);
-                return Err(over_quota(to));
+                return Err(mailbox_full(to));
             }
         }
         Ok(())
@@ -234,9 +227,7 @@ impl Hooks for StoreIntake {
                 single_recipient: Some(rcpt),
                 when: SystemTime::now(),
             });
-            let mut copy = Vec::with_capacity(header.len() + message.len());
-            copy.extend_from_slice(header.as_bytes());
-            copy.extend_from_slice(&message);
+            let copy = with_header(&header, &message);
             // The origin names the message at its entry point; with the
             // recipient it makes re-sends after a crash upstream harmless.
             let dedup = origin.as_ref().map(|o| format!("{o}\0{}", user.address));
@@ -281,7 +272,7 @@ impl Hooks for StoreIntake {
                     // their dedup key when the upstream stage retries.
                     info!("{id}: to=<{rcpt}>, status=over-quota");
                     self.set_refusing(&user.address, true);
-                    return over_quota(rcpt);
+                    return mailbox_full(rcpt);
                 }
                 Err(e) if e.is_storage_full() => {
                     warn!("{id}: to=<{rcpt}>: mailbox storage full: {e}");

@@ -43,15 +43,9 @@ where
             .min(MAX_PREALLOC);
         let mut message = Vec::with_capacity(capacity as usize);
         let mut rx = DataReceiver::new(max);
-        let result = loop {
-            let (n, progress) = rx.feed(&self.inbuf[self.start..], &mut message);
-            self.start += n;
-            if let Progress::Done(result) = progress {
-                break result;
-            }
-            let idle = self.config.timeouts.data_chunk;
-            self.fill(idle).await?;
-        };
+        let result = self
+            .receive(&mut message, |input, out| rx.feed(input, out))
+            .await?;
         self.reset_transaction();
         self.finish_message(env, message, result).await
     }
@@ -71,15 +65,9 @@ where
             }
         };
         let mut rx = BdatReceiver::new(size, message.len() as u64, self.config.max_message_size);
-        let result = loop {
-            let (n, progress) = rx.feed(&self.inbuf[self.start..], &mut message);
-            self.start += n;
-            if let Progress::Done(result) = progress {
-                break result;
-            }
-            let idle = self.config.timeouts.data_chunk;
-            self.fill(idle).await?;
-        };
+        let result = self
+            .receive(&mut message, |input, out| rx.feed(input, out))
+            .await?;
         if result.is_ok() && !last {
             self.enter(SessionState::ReceivingBdat { env, message });
             return self.reply(&Reply::enhanced(
@@ -92,6 +80,24 @@ where
         // must start over after an error).
         self.reset_transaction();
         self.finish_message(env, message, result).await
+    }
+
+    /// Feeds buffered and newly read input to `feed` (a DATA or BDAT
+    /// receiver) until the message or chunk is complete.
+    async fn receive(
+        &mut self,
+        message: &mut Vec<u8>,
+        mut feed: impl FnMut(&[u8], &mut Vec<u8>) -> (usize, Progress),
+    ) -> Result<Result<(), DataError>, Stop> {
+        loop {
+            let (n, progress) = feed(&self.inbuf[self.start..], message);
+            self.start += n;
+            if let Progress::Done(result) = progress {
+                return Ok(result);
+            }
+            let idle = self.config.timeouts.data_chunk;
+            self.fill(idle).await?;
+        }
     }
 
     /// Hands a complete message to the stage, or refuses it.

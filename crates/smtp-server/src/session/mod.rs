@@ -22,7 +22,7 @@ use crate::config::ServerConfig;
 use crate::gate::Gate;
 use crate::hooks::{Hooks, SessionInfo};
 use crate::state::{self, SessionState};
-use crate::stream::MaybeTls;
+use palisade_net::MaybeTls;
 
 /// RFC 5321 §4.5.3.1.4: a command line is at most 512 octets with CRLF.
 const MAX_COMMAND_LINE: usize = 512;

@@ -4,14 +4,13 @@ use std::sync::Arc;
 
 use palisade_smtp_proto::Reply;
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::time::timeout;
 use tokio_rustls::TlsAcceptor;
 use tracing::{debug, warn};
 
 use super::{Session, Stop};
 use crate::hooks::{Hooks, TlsInfo};
 use crate::state::SessionState;
-use crate::stream::MaybeTls;
+use palisade_net::{tls_handshake, MaybeTls};
 
 impl<S, H> Session<S, H>
 where
@@ -51,14 +50,13 @@ where
         let MaybeTls::Plain(plain) = std::mem::replace(&mut self.stream, MaybeTls::Gone) else {
             return Err(Stop::Io(std::io::Error::other("TLS already active")));
         };
-        let accept = TlsAcceptor::from(config).accept(plain);
-        let tls = match timeout(self.config.timeouts.command, accept).await {
-            Ok(Ok(tls)) => tls,
-            Ok(Err(e)) => {
+        let acceptor = TlsAcceptor::from(config);
+        let tls = match tls_handshake(&acceptor, plain, self.config.timeouts.command).await {
+            Ok(tls) => tls,
+            Err(e) => {
                 debug!(peer = %self.info.peer, error = %e, "TLS handshake failed");
                 return Err(Stop::Io(e));
             }
-            Err(_) => return Err(Stop::Io(std::io::ErrorKind::TimedOut.into())),
         };
         let (_, conn) = tls.get_ref();
         let info = TlsInfo {
