@@ -14,21 +14,13 @@
 #   tests/bench/mx-defenses.sh                         # 50 sessions, 5 KB, 2000 msgs x 3
 #   SESSIONS=10,50 MESSAGES=2000 REPEAT=3 tests/bench/mx-defenses.sh
 set -euo pipefail
-REPO=$(cd "$(dirname "$0")/../.." && pwd)
-SHARED=${SHARED:-$REPO/../shared}
-BENCH=$SHARED/bench
-OUT=${OUT:-$REPO/bench-results}
-SESSIONS=${SESSIONS:-50}
-SIZES=${SIZES:-5000}
-MESSAGES=${MESSAGES:-2000}
-REPEAT=${REPEAT:-3}
-mkdir -p "$OUT"
-cd "$REPO"
+DEFAULT_SESSIONS=50
+. "$(dirname "$0")/common.sh"
 
 cargo build --release -p palisade-mx -p palisade-cli
 
 WORK=$(mktemp -d /tmp/palisade-bench-defenses.XXXXXX)
-DNS_PORT=$(/usr/bin/python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+DNS_PORT=$(free_port)
 # local-ttl: real zones publish TTLs (dnsmasq's default for its own records
 # is 0, which would defeat every resolver cache).
 cat >"$WORK/dnsmasq.conf" <<EOF

@@ -8,16 +8,7 @@
 #   tests/bench/mx-vs-postfix.sh                      # 10 and 50 sessions, 5 KB, 2000 msgs x 3
 #   SESSIONS=1,10,50 SIZES=5000,100000 REPEAT=3 MESSAGES=2000 tests/bench/mx-vs-postfix.sh
 set -euo pipefail
-REPO=$(cd "$(dirname "$0")/../.." && pwd)
-SHARED=${SHARED:-$REPO/../shared}
-BENCH=$SHARED/bench
-OUT=${OUT:-$REPO/bench-results}
-SESSIONS=${SESSIONS:-10,50}
-SIZES=${SIZES:-5000}
-MESSAGES=${MESSAGES:-2000}
-REPEAT=${REPEAT:-3}
-mkdir -p "$OUT"
-cd "$REPO"
+. "$(dirname "$0")/common.sh"
 
 cargo build --release -p palisade-mx -p palisade-cli
 LISTEN=127.0.0.1:2530 "$BENCH/setup-postfix.sh" >/dev/null

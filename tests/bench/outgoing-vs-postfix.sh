@@ -15,17 +15,8 @@
 #   SKIP_POSTFIX=1 tests/bench/outgoing-vs-postfix.sh   # only part 2
 #   SESSIONS=10 SIZES=5000 MESSAGES=2000 REPEAT=3 tests/bench/outgoing-vs-postfix.sh
 set -euo pipefail
-REPO=$(cd "$(dirname "$0")/../.." && pwd)
-SHARED=${SHARED:-$REPO/../shared}
-BENCH=$SHARED/bench
-OUT=${OUT:-$REPO/bench-results}
-SESSIONS=${SESSIONS:-10}
-SIZES=${SIZES:-5000}
-MESSAGES=${MESSAGES:-2000}
-REPEAT=${REPEAT:-3}
-PY=${PY:-/usr/bin/python3}
-mkdir -p "$OUT"
-cd "$REPO"
+DEFAULT_SESSIONS=10
+. "$(dirname "$0")/common.sh"
 cargo build --release -p palisade-outgoing -p palisade-cli
 
 work=$(mktemp -d /tmp/palisade-outbench-XXXXXX)

@@ -19,23 +19,14 @@
 #   tests/bench/state-backends.sh                    # 10 and 50 sessions, 5 KB, 2000 msgs x 3
 #   SESSIONS=10,50 MESSAGES=2000 REPEAT=3 tests/bench/state-backends.sh
 set -euo pipefail
-REPO=$(cd "$(dirname "$0")/../.." && pwd)
-SHARED=${SHARED:-$REPO/../shared}   # /work/shared from a worktree
-BENCH=$SHARED/bench
-OUT=${OUT:-$REPO/bench-results}
-SESSIONS=${SESSIONS:-10,50}
-SIZES=${SIZES:-5000}
-MESSAGES=${MESSAGES:-2000}
-REPEAT=${REPEAT:-3}
-mkdir -p "$OUT"
-cd "$REPO"
+. "$(dirname "$0")/common.sh"
 
 cargo build --release -p palisade-mx -p palisade-cli
 LISTEN=127.0.0.1:2530 "$BENCH/setup-postfix.sh" >/dev/null
 "$BENCH/postfix-ctl.sh" start
 
 WORK=$(mktemp -d /tmp/palisade-bench-state.XXXXXX)
-REDIS_PORT=$(/usr/bin/python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+REDIS_PORT=$(free_port)
 redis-server --bind 127.0.0.1 --port "$REDIS_PORT" --save "" --appendonly no --dir "$WORK" \
   >"$WORK/redis.log" 2>&1 &
 REDIS=$!
