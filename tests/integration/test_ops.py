@@ -468,3 +468,29 @@ def test_sighup_gives_the_antivirus_filter_its_new_scanner_policy(arch_factory):
     send()
     assert arch.palisade("queue", "count", "--node", "antivirus-1").stdout.strip() == "1"
     assert "passing the message UNSCANNED" in arch.log("antivirus-1")
+
+
+def test_sighup_gives_the_antispam_filter_its_new_thresholds(arch_factory):
+    """The antispam stage's thresholds reload: the same ordinary message
+    is ham before and tagged spam after a reload that lowers the tag
+    threshold below any score, without a restart (same PID)."""
+    arch = arch_factory()
+    arch.start("antispam-1")
+    pid = arch.procs["antispam-1"].pid
+    msg, _ = make_message("sender@outside.test", USER, "an ordinary note")
+
+    def send():
+        with smtplib.SMTP(*arch.addr("antispam-1"), timeout=30) as s:
+            s.ehlo("antivirus-1.example.test")
+            s.sendmail("sender@outside.test", [USER], msg)
+
+    send()
+    assert wait_for(lambda: " ham" in arch.log("antispam-1"), what="the ham verdict")
+    assert "tagged spam" not in arch.log("antispam-1")
+    head = '[stage.antispam]\n'
+    arch.config.write_text(arch.text.replace(
+        head, '[stage.antispam.spam]\ntag_threshold = -1000.0\n\n' + head, 1))
+    hup(arch, "antispam-1", "reloaded the antispam rules and thresholds")
+    send()
+    assert wait_for(lambda: "tagged spam" in arch.log("antispam-1"), what="the tagged verdict")
+    assert arch.procs["antispam-1"].pid == pid and arch.procs["antispam-1"].poll() is None
