@@ -333,31 +333,14 @@ pub fn rua_mailto(txt: &str) -> Vec<String> {
         .flat_map(|v| v.split(','))
         .filter_map(|u| u.trim().strip_prefix("mailto:"))
         .map(|a| {
-            percent_decode(a.split('?').next().unwrap_or(a))
+            // `%xx` escapes of a mailto URI (RFC 6068), e.g. `%21`.
+            percent_encoding::percent_decode_str(a.split('?').next().unwrap_or(a))
+                .decode_utf8_lossy()
                 .trim()
                 .to_string()
         })
         .filter(|a| a.contains('@'))
         .collect()
-}
-
-/// `%xx` escapes of a mailto URI (RFC 6068), e.g. `%21` in an address.
-fn percent_decode(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'%' && i + 2 < b.len() {
-            if let Ok(v) = u8::from_str_radix(&s[i + 1..i + 3], 16) {
-                out.push(v);
-                i += 3;
-                continue;
-            }
-        }
-        out.push(b[i]);
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 fn rfc3339(unix: u64) -> String {
@@ -495,6 +478,12 @@ mod tests {
             vec!["a!b@x.example"]
         );
         assert!(rua_mailto("v=spf1 -all").is_empty());
+        // A `%` before a multibyte character is no escape (and no panic:
+        // the record comes from any remote domain).
+        assert_eq!(
+            rua_mailto("v=TLSRPTv1;rua=mailto:a%aé@x.example"),
+            vec!["a%aé@x.example"]
+        );
     }
 
     #[test]
