@@ -190,7 +190,9 @@ pub fn stitch(j: &Journals, only_after_us: u64) -> Stitched {
                         });
                     }
                 }
-                JournalEvent::Accepted => {}
+                // A duplicate is journaled under the original's id: it is
+                // not what became of the original.
+                JournalEvent::Accepted | JournalEvent::Duplicate => {}
                 _ => outcome = true,
             }
         }
