@@ -186,13 +186,14 @@ pub(crate) fn last_seq(store: &Store) -> Result<u64, QueueError> {
     Ok(last)
 }
 
-/// Deletes entries older than `cutoff_us` (at most `max` of them).
+/// Deletes entries older than `cutoff_us` (at most `max` of them);
+/// true when `max` were deleted (more may be due).
 pub(crate) fn prune(
     dbs: JournalDbs,
     txn: &mut RwTransaction<'_>,
     cutoff_us: u64,
     max: usize,
-) -> Result<(), lmdb::Error> {
+) -> Result<bool, lmdb::Error> {
     let mut old = Vec::new();
     {
         let mut cur = txn.open_ro_cursor(dbs.entries)?;
@@ -205,6 +206,7 @@ pub(crate) fn prune(
             old.push((seq, decode::<JournalEntry>(v).ok()));
         }
     }
+    let full = old.len() >= max;
     for (seq, entry) in old {
         txn.del(dbs.entries, &seq.to_be_bytes(), None)?;
         if let Some(e) = entry {
@@ -214,7 +216,7 @@ pub(crate) fn prune(
             }
         }
     }
-    Ok(())
+    Ok(full)
 }
 
 fn del_quiet(txn: &mut RwTransaction<'_>, db: Database, k: &[u8]) -> Result<(), lmdb::Error> {

@@ -309,6 +309,7 @@ impl Queue {
             opts: opts.clone(),
             last_id,
             last_prune: None,
+            journal_behind: false,
             journal_last: journal::last_seq(&store)?,
         };
         let handle = std::thread::Builder::new()

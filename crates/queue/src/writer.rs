@@ -80,6 +80,10 @@ pub(crate) struct Writer {
     pub opts: QueueOptions,
     pub last_id: u64,
     pub last_prune: Option<Instant>,
+    /// The last prune deleted a full batch of journal entries: prune again
+    /// with the next batch rather than in a second, so the journal keeps up
+    /// with any message rate.
+    pub journal_behind: bool,
     /// Sequence of the last journal entry written.
     pub journal_last: u64,
 }
@@ -135,9 +139,10 @@ impl Writer {
     }
 
     fn process(&mut self, batch: &mut Vec<Request>) {
-        let prune = self
-            .last_prune
-            .is_none_or(|t| t.elapsed() >= Duration::from_secs(1));
+        let prune = self.journal_behind
+            || self
+                .last_prune
+                .is_none_or(|t| t.elapsed() >= Duration::from_secs(1));
         match self.transact(batch, prune) {
             Ok(answers) => {
                 if prune {
@@ -189,7 +194,7 @@ impl Writer {
             self.prune_origins(&mut txn, now)?;
             if let (Some(dbs), Some(ttl)) = (store.journal, self.opts.journal_ttl) {
                 let cutoff = to_us(now).saturating_sub(ttl.as_micros() as u64);
-                crate::journal::prune(dbs, &mut txn, cutoff, 1000)?;
+                self.journal_behind = crate::journal::prune(dbs, &mut txn, cutoff, 1000)?;
             }
         }
         txn.commit()?;
