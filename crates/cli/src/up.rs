@@ -175,9 +175,13 @@ async fn supervise(
     }
     // SIGHUP: every node reloads the configuration (systemd's reload).
     let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
+    // Listening once, before the loop: a SIGTERM that arrives while a
+    // SIGHUP is handled must not go unseen.
+    let stop = palisade_stage::runtime::shutdown_signal();
+    tokio::pin!(stop);
     loop {
         tokio::select! {
-            _ = palisade_stage::runtime::shutdown_signal() => break,
+            _ = &mut stop => break,
             _ = hangup.recv() => {
                 // A source that no longer parses leaves the copy as it
                 // was; the nodes then reload what they run.
