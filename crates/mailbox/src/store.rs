@@ -485,7 +485,6 @@ impl Core {
         Ok(Delivery::Stored { uid })
     }
 
-    /// Deletes messages by UID in an open transaction; returns (count, bytes freed).
     /// Appends copies of `uids` of `from` to `to`, keeping flags and internal
     /// date; `(source uid, new uid)` pairs (UIDs already gone are skipped).
     fn copy_in(
@@ -512,6 +511,7 @@ impl Core {
         Ok(map)
     }
 
+    /// Deletes messages by UID in an open transaction; returns (count, bytes freed).
     fn delete_in(
         &self,
         txn: &mut RwTransaction<'_>,
