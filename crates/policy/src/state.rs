@@ -92,16 +92,22 @@ return 1
 ";
 
 /// The heartbeat of a node's live sessions: renews the lease of every
-/// member in ARGV[2..] (adding back one Redis lost while it was away).
+/// member in ARGV[3..]. Only members still there (XX): a session that
+/// ended between the heartbeat's snapshot and this call stays released.
+/// ARGV[2] = '1' after Redis was away: members it lost are added back.
 const RENEW: &str = r"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local lease = tonumber(ARGV[1])
-for i = 2, #ARGV do
-  redis.call('ZADD', KEYS[1], now + lease, ARGV[i])
+for i = 3, #ARGV do
+  if ARGV[2] == '1' then
+    redis.call('ZADD', KEYS[1], now + lease, ARGV[i])
+  else
+    redis.call('ZADD', KEYS[1], 'XX', now + lease, ARGV[i])
+  end
 end
 redis.call('PEXPIRE', KEYS[1], lease)
-return #ARGV - 1
+return #ARGV - 2
 ";
 
 /// The policy-state backend of one node: Redis shared by the pair, or
@@ -128,6 +134,9 @@ struct Redis {
     /// Redis is not asked before this instant (after a failure).
     paused_until: Mutex<Option<Instant>>,
     degraded: AtomicBool,
+    /// Redis failed since the last heartbeat: the next one adds back the
+    /// sessions it may have lost (or that were admitted locally meanwhile).
+    readd: AtomicBool,
     /// Makes sorted-set members unique between nodes and tasks.
     tag: String,
     seq: AtomicU64,
@@ -192,6 +201,7 @@ impl SharedState {
             retry_after: s.retry_after.duration(),
             paused_until: Mutex::new(None),
             degraded: AtomicBool::new(false),
+            readd: AtomicBool::new(false),
             tag: format!("{node}.{}", std::process::id()),
             seq: AtomicU64::new(0),
             gcra: Script::new(GCRA),
@@ -507,12 +517,17 @@ async fn heartbeat(redis: Weak<Redis>) {
             .map(|(k, m)| (k.clone(), m.clone()))
             .collect();
         let lease = (r.lease.as_millis() as u64).max(1);
+        let readd = if r.readd.swap(false, Ordering::Relaxed) {
+            "1"
+        } else {
+            "0"
+        };
         for (key, members) in held {
             let renew = &r.renew;
             let done = r
                 .run("DM10", |mut c| async move {
                     let mut call = renew.key(key);
-                    call.arg(lease);
+                    call.arg(lease).arg(readd);
                     for m in &members {
                         call.arg(m);
                     }
@@ -577,6 +592,7 @@ impl Redis {
 
     fn failed(&self, mechanism: &'static str, why: &str) {
         *self.paused_until.lock().unwrap() = Some(Instant::now() + self.retry_after);
+        self.readd.store(true, Ordering::Relaxed);
         if !self.degraded.swap(true, Ordering::Relaxed) {
             warn!(
                 "state backend: Redis unreachable ({why}); {mechanism} and the other \
