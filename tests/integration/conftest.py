@@ -27,9 +27,15 @@ PASSWORD = "correct horse battery"
 
 
 def free_port_offset(ports):
-    """An offset that moves every port of the config onto free ports."""
+    """An offset that moves every port of the config onto free ports.
+
+    The ports stay below Linux's ephemeral range (32768-60999): a port in it
+    can be taken, while its node is down, as the local end of any outgoing
+    connection, and the node's restart then fails with EADDRINUSE. They also
+    stay below 25353, where the fixed-range helpers (dnsmasq, fake servers)
+    look for theirs. config/local.toml's ports are 2525-10127."""
     for _ in range(200):
-        offset = 20000 + (uuid.uuid4().int % 300) * 100
+        offset = 8000 + (uuid.uuid4().int % 73) * 100
         if all(port_free(p + offset) for p in ports):
             return offset
     raise RuntimeError("no free port range")
@@ -135,12 +141,19 @@ class Architecture:
                 )
             self.procs[node] = p
         for node in nodes or self.nodes():
-            key = "submission" if self.stage_of(node) == "msa" else "smtp"
-            wait_port(self.addr(node, key), proc=self.procs[node])
-            if re.search(r'^metrics\s*=', self.section(node), re.M):
-                wait_serving(self.addr(node, "metrics"), proc=self.procs[node])
-            if self.stage_of(node) == "store" and "pop3s" in self.section(node):
-                wait_port(self.addr(node, "pop3s"), proc=self.procs[node])
+            try:
+                self.wait_ready(node)
+            except (RuntimeError, TimeoutError) as e:
+                tail = self.log(node)[-2000:]
+                raise RuntimeError(f"{node}: {e}; its log ends:\n{tail}") from e
+
+    def wait_ready(self, node):
+        key = "submission" if self.stage_of(node) == "msa" else "smtp"
+        wait_port(self.addr(node, key), proc=self.procs[node])
+        if re.search(r'^metrics\s*=', self.section(node), re.M):
+            wait_serving(self.addr(node, "metrics"), proc=self.procs[node])
+        if self.stage_of(node) == "store" and "pop3s" in self.section(node):
+            wait_port(self.addr(node, "pop3s"), proc=self.procs[node])
 
     def section(self, node):
         m = re.search(rf"\[node\.{re.escape(node)}\](.*?)(?=^\[|\Z)", self.text, re.S | re.M)

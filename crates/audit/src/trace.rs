@@ -11,11 +11,12 @@
 //! checks everything journaled since a time, for `palisade audit`.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
 use std::time::{Duration, SystemTime};
 
 use palisade_config::Config;
 use palisade_queue::JournalEvent;
-use palisade_stage::journal::{JournalPage, ServedEntry};
+use palisade_stage::journal::{JournalPage, ServedEntry, MAX_ENTRIES};
 use serde::Serialize;
 
 use crate::model::{Fault, Finding, Line, Verdict};
@@ -33,23 +34,74 @@ pub struct Journals {
 
 /// Asks every node with an HTTP address for `path` (`/journal?...`).
 pub async fn fetch(config: &Config, path: &str) -> Journals {
+    let path = path.to_string();
+    fetch_each(config, move |addr| {
+        let path = path.clone();
+        async move { ask(addr, &path).await }
+    })
+    .await
+}
+
+/// Every node's journal from `from_us` on, paged: a node's answer holds
+/// at most [`MAX_ENTRIES`] entries, so a full page is followed by another
+/// after its last entry until one comes back short. A busy node's journal
+/// would otherwise be cut off and its later forwards look lost.
+pub async fn fetch_since(config: &Config, from_us: u64, page_size: usize) -> Journals {
+    fetch_each(config, move |addr| async move {
+        let first = format!(
+            "/journal?after_us={}&limit={page_size}",
+            from_us.saturating_sub(1)
+        );
+        let mut all = ask(addr, &first).await?;
+        let mut last_len = all.entries.len();
+        for _ in 1..MAX_PAGES {
+            if last_len < page_size {
+                return Ok(all);
+            }
+            let after = all.entries.last().map_or(from_us, |e| e.entry.time_us);
+            let next = ask(
+                addr,
+                &format!("/journal?after_us={after}&limit={page_size}"),
+            )
+            .await?;
+            last_len = next.entries.len();
+            all.entries.extend(next.entries);
+        }
+        Err(format!(
+            "more than {} journal entries since the start of the window; \
+             check a shorter window",
+            MAX_PAGES * page_size
+        ))
+    })
+    .await
+}
+
+/// Pages one node's journal is read in at most (100 x 10,000 entries
+/// is days of a busy node's mail).
+const MAX_PAGES: usize = 100;
+
+/// One `/journal` request to one node.
+async fn ask(addr: SocketAddr, path: &str) -> Result<JournalPage, String> {
+    match palisade_stage::http::request(addr, "GET", path).await {
+        Ok((200, body)) => serde_json::from_slice::<JournalPage>(&body)
+            .map_err(|e| format!("bad journal answer: {e}")),
+        Ok((status, body)) => Err(format!(
+            "HTTP {status}: {}",
+            String::from_utf8_lossy(&body).trim()
+        )),
+        Err(e) => Err(format!("{addr}: {e}")),
+    }
+}
+
+/// Runs `read` for every node with an HTTP address, concurrently.
+async fn fetch_each<F, Fut>(config: &Config, read: F) -> Journals
+where
+    F: Fn(SocketAddr) -> Fut,
+    Fut: std::future::Future<Output = Result<JournalPage, String>> + Send + 'static,
+{
     let asks = config.node.iter().filter_map(|(name, node)| {
-        let addr = node.metrics?;
-        let name = name.clone();
-        let path = path.to_string();
-        Some(async move {
-            let got = palisade_stage::http::request(addr, "GET", &path).await;
-            let page = match got {
-                Ok((200, body)) => serde_json::from_slice::<JournalPage>(&body)
-                    .map_err(|e| format!("bad journal answer: {e}")),
-                Ok((status, body)) => Err(format!(
-                    "HTTP {status}: {}",
-                    String::from_utf8_lossy(&body).trim()
-                )),
-                Err(e) => Err(format!("{addr}: {e}")),
-            };
-            (name, page)
-        })
+        let (name, got) = (name.clone(), read(node.metrics?));
+        Some(async move { (name, got.await) })
     });
     let mut out = Journals::default();
     for (name, page) in futures_join(asks.collect()).await {
@@ -389,11 +441,8 @@ pub async fn conservation(config: &Config, since: SystemTime) -> Vec<Finding> {
     let from = since
         .checked_sub(LOOKBACK)
         .unwrap_or(SystemTime::UNIX_EPOCH);
-    let path = format!(
-        "/journal?since={:.6}",
-        palisade_stage::journal::unix_seconds(from)
-    );
-    let j = fetch(config, &path).await;
+    let from_us = palisade_stage::journal::unix_seconds(from) * 1e6;
+    let j = fetch_since(config, from_us as u64, MAX_ENTRIES).await;
     let since_us = palisade_stage::journal::unix_seconds(since) * 1e6;
     findings(&j, &stitch(&j, since_us as u64))
 }
@@ -621,5 +670,60 @@ mod tests {
         let s = stitch(&queued, 0);
         assert!(s.vanished.is_empty());
         assert!(paths(&s)[0].ends_with("still queued"), "{:?}", paths(&s));
+    }
+
+    /// A node whose journal is longer than one page is read to its end:
+    /// a real queue's journal on a real HTTP endpoint, pages of 7.
+    #[tokio::test]
+    async fn a_long_journal_is_read_page_by_page() {
+        use palisade_queue::{Queue, QueueOptions};
+        let dir = palisade_testsupport::TempDir::new("journal-pages");
+        let queue = Queue::open(
+            dir.path(),
+            QueueOptions {
+                journal_ttl: Some(Duration::from_secs(3600)),
+                ..QueueOptions::default()
+            },
+        )
+        .unwrap();
+        let start = SystemTime::now();
+        for i in 0..30 {
+            let e = JournalEntry {
+                detail: format!("n{i}"),
+                ..JournalEntry::new(JournalEvent::Delivered, format!("S{i}"))
+            };
+            queue.journal(vec![e]).await.unwrap();
+        }
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../config/local.toml");
+        let mut config = palisade_config::load(&repo).unwrap();
+        let mut node = config.node.values().next().unwrap().clone();
+        node.metrics = Some(addr);
+        config.node = [("store-staff".to_string(), node)].into_iter().collect();
+        let router = palisade_stage::journal::routes(
+            palisade_stage::http::Router::default(),
+            std::sync::Arc::new(config.clone()),
+            "store-staff",
+            "store",
+            &queue,
+        );
+        palisade_stage::http::serve(listener, addr, router);
+
+        let from_us = (palisade_stage::journal::unix_seconds(start) * 1e6) as u64;
+        for page_size in [7, 10, 30, 1000] {
+            let j = fetch_since(&config, from_us, page_size).await;
+            assert!(j.unreachable.is_empty(), "{:?}", j.unreachable);
+            let details: Vec<_> = j.pages[0]
+                .entries
+                .iter()
+                .map(|e| e.entry.detail.clone())
+                .collect();
+            let want: Vec<_> = (0..30).map(|i| format!("n{i}")).collect();
+            assert_eq!(details, want, "page size {page_size}");
+        }
+        // One request is cut at its limit: what the paging is for.
+        let one = fetch(&config, "/journal?since=0&limit=7").await;
+        assert_eq!(one.pages[0].entries.len(), 7);
     }
 }

@@ -260,25 +260,16 @@ impl Deliverer {
                 from: format!("postmaster@{from_domain}"),
             }));
         }
-        loop {
-            // `palisade drain --keep` holds deliveries (the queue stays for
-            // the restart); `--flush` keeps delivering.
-            let id = self.ctx.drain.next_delivery(&self.queue).await;
-            let slot = self
-                .slots
-                .clone()
-                .acquire_owned()
-                .await
-                .expect("never closed");
-            let me = self.clone();
-            tokio::spawn(async move {
-                let ctx = me.ctx.clone();
-                let counted = ctx.drain.delivery();
-                me.attempt(id).await;
-                drop(counted);
-                drop(slot);
-            });
-        }
+        // `palisade drain --keep` holds deliveries (the queue stays for
+        // the restart); `--flush` keeps delivering.
+        let (drain, queue, slots) = (
+            self.ctx.drain.clone(),
+            self.queue.clone(),
+            self.slots.clone(),
+        );
+        drain
+            .run_deliveries(&queue, slots, |id| self.clone().attempt(id))
+            .await
     }
 
     async fn attempt(self: Arc<Self>, id: QueueId) {

@@ -11,12 +11,14 @@
 //! its queue on disk for when it comes back. `GET /drain` reports the
 //! progress; `POST /undrain` (or a restart) puts the node back in service.
 
+use std::future::Future;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 
-use palisade_queue::Queue;
+use palisade_queue::{Queue, QueueId};
 use palisade_smtp_server::Gate;
 use serde::Serialize;
-use tokio::sync::watch;
+use tokio::sync::{watch, Semaphore};
 
 use crate::http::{Response, Router};
 use crate::metrics::Metrics;
@@ -79,38 +81,62 @@ impl Drain {
         *self.mode.borrow()
     }
 
-    /// The forwarder waits here before each delivery: only a `keep` drain
-    /// holds it.
-    pub async fn deliveries_allowed(&self) {
+    /// Waits while a `keep` drain holds deliveries.
+    async fn deliveries_allowed(&self) {
         let mut rx = self.mode.subscribe();
         let _ = rx.wait_for(|m| *m != Some(Mode::Keep)).await;
     }
 
-    /// The next message a delivery engine (the forwarder, the outgoing
-    /// stage's deliverer) may start: waits while a `keep` drain holds
-    /// deliveries, and puts a message that became due as such a drain
-    /// began back in the queue.
-    pub async fn next_delivery(&self, queue: &Queue) -> palisade_queue::QueueId {
+    /// The delivery loop of the forwarder and of the outgoing stage's
+    /// deliverer: takes one of `slots`, then the next due message a `keep`
+    /// drain does not hold, and runs `attempt` on it in its own task,
+    /// counted as in flight until it ends.
+    ///
+    /// The slot comes first so that no message is in hand while waiting
+    /// for one (a drain begun meanwhile would not hold it), and the
+    /// message is counted before the drain mode is read, so `GET /drain`
+    /// never reports `drained` while a delivery is starting.
+    pub async fn run_deliveries<F, Fut>(
+        self: Arc<Self>,
+        queue: &Queue,
+        slots: Arc<Semaphore>,
+        attempt: F,
+    ) -> !
+    where
+        F: Fn(QueueId) -> Fut,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
         loop {
-            self.deliveries_allowed().await;
-            let id = queue.next_due().await;
-            if self.mode() != Some(Mode::Keep) {
-                return id;
-            }
-            queue.release_active(id);
+            let slot = slots.clone().acquire_owned().await.expect("never closed");
+            let (id, counted) = self.next_delivery(queue).await;
+            let attempt = attempt(id);
+            tokio::spawn(async move {
+                attempt.await;
+                drop(counted);
+                drop(slot);
+            });
         }
     }
 
-    /// Counts one delivery attempt until the guard is dropped.
-    pub fn delivery(&self) -> DeliveryGuard<'_> {
-        self.in_flight.fetch_add(1, Ordering::Relaxed);
-        DeliveryGuard(self)
+    /// The next due message a `keep` drain does not hold, counted in
+    /// flight; one that became due as such a drain began goes back.
+    async fn next_delivery(self: &Arc<Self>, queue: &Queue) -> (QueueId, DeliveryGuard) {
+        loop {
+            self.deliveries_allowed().await;
+            let id = queue.next_due().await;
+            let counted = DeliveryGuard::new(self);
+            if self.mode() != Some(Mode::Keep) {
+                return (id, counted);
+            }
+            drop(counted);
+            queue.release_active(id);
+        }
     }
 
     pub fn status(&self, node: &str, queued: usize) -> Status {
         let mode = self.mode();
         let sessions = self.gate.open_sessions();
-        let in_flight = self.in_flight.load(Ordering::Relaxed);
+        let in_flight = self.in_flight.load(Ordering::SeqCst);
         let done = match mode {
             None => false,
             Some(Mode::Flush) => sessions == 0 && queued == 0,
@@ -131,18 +157,27 @@ impl Drain {
     }
 }
 
-pub struct DeliveryGuard<'a>(&'a Drain);
+/// One delivery attempt in flight, until dropped.
+struct DeliveryGuard(Arc<Drain>);
 
-impl Drop for DeliveryGuard<'_> {
+impl DeliveryGuard {
+    fn new(drain: &Arc<Drain>) -> DeliveryGuard {
+        // SeqCst, and before the mode is read: see run_deliveries.
+        drain.in_flight.fetch_add(1, Ordering::SeqCst);
+        DeliveryGuard(drain.clone())
+    }
+}
+
+impl Drop for DeliveryGuard {
     fn drop(&mut self) {
-        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+        self.0.in_flight.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
 /// What the drain routes act on.
 struct Control {
     node: String,
-    drain: std::sync::Arc<Drain>,
+    drain: Arc<Drain>,
     queue: Queue,
     metrics: Metrics,
 }
@@ -187,11 +222,11 @@ impl Control {
 pub fn routes(
     router: Router,
     node: &str,
-    drain: &std::sync::Arc<Drain>,
+    drain: &Arc<Drain>,
     queue: &Queue,
     metrics: &Metrics,
 ) -> Router {
-    let control = std::sync::Arc::new(Control {
+    let control = Arc::new(Control {
         node: node.to_string(),
         drain: drain.clone(),
         queue: queue.clone(),
@@ -215,4 +250,84 @@ pub fn routes(
             }
             control.switch(None)
         })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use palisade_queue::{ClientInfo, NewMessage, NewRecipient, QueueOptions};
+    use std::sync::Mutex;
+    use std::time::Duration;
+
+    async fn until(what: &str, mut cond: impl FnMut() -> bool) {
+        for _ in 0..200 {
+            if cond() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("timed out waiting for {what}");
+    }
+
+    /// One slot, two due messages: the second waits for the slot while the
+    /// first is delivered. A `keep` drain begun then holds the second (it
+    /// was not in hand yet), reports `drained` once the first is done, and
+    /// the second goes out after undrain.
+    #[tokio::test]
+    async fn keep_holds_a_message_waiting_for_a_slot() {
+        let dir = palisade_testsupport::TempDir::new("drain-keep");
+        let queue = Queue::open(dir.path(), QueueOptions::default()).unwrap();
+        for i in 0..2 {
+            let msg = NewMessage {
+                origin: None,
+                mail_from: "a@example.test".into(),
+                mail_params: String::new(),
+                rcpts: vec![NewRecipient {
+                    address: format!("r{i}@example.test"),
+                    params: String::new(),
+                }],
+                client: ClientInfo::default(),
+                body: b"Subject: t\r\n\r\nx\r\n".to_vec(),
+            };
+            queue.enqueue(msg).await.unwrap();
+        }
+        let drain = Arc::new(Drain::default());
+        let started = Arc::new(Mutex::new(Vec::new()));
+        let finish = Arc::new(tokio::sync::Notify::new());
+        let (d, q, s, f) = (
+            drain.clone(),
+            queue.clone(),
+            started.clone(),
+            finish.clone(),
+        );
+        let engine = tokio::spawn(async move {
+            d.run_deliveries(&q, Arc::new(Semaphore::new(1)), move |id| {
+                s.lock().unwrap().push(id);
+                let f = f.clone();
+                async move { f.notified().await }
+            })
+            .await
+        });
+        let count = || started.lock().unwrap().len();
+        until("the first delivery", || count() == 1).await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(count(), 1, "one slot, one delivery");
+
+        drain.start(Mode::Keep);
+        let state = || drain.status("n", queue.len()).state;
+        assert_eq!(state(), "draining", "a delivery is in flight");
+        finish.notify_one();
+        until("drained", || state() == "drained").await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(
+            count(),
+            1,
+            "keep started the message that waited for the slot"
+        );
+        assert_eq!(drain.status("n", 0).deliveries_in_flight, 0);
+
+        drain.stop();
+        until("the held delivery after undrain", || count() == 2).await;
+        engine.abort();
+    }
 }

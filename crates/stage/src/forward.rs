@@ -92,23 +92,18 @@ impl Forwarder {
 
     /// Runs forever: every due message gets a delivery attempt.
     pub async fn run(self: Arc<Self>) {
-        loop {
-            // `palisade drain --keep` holds deliveries (the queue stays).
-            let id = self.ctx.drain.next_delivery(&self.queue).await;
-            let slot = self
-                .slots
-                .clone()
-                .acquire_owned()
-                .await
-                .expect("never closed");
-            let me = self.clone();
-            tokio::spawn(async move {
-                let counted = me.ctx.drain.delivery();
-                me.attempt(id).await;
-                drop(counted);
-                drop(slot);
-            });
-        }
+        // `palisade drain --keep` holds deliveries (the queue stays).
+        let (drain, queue, slots) = (
+            self.ctx.drain.clone(),
+            self.queue.clone(),
+            self.slots.clone(),
+        );
+        drain
+            .run_deliveries(&queue, slots, |id| {
+                let me = self.clone();
+                async move { me.attempt(id).await }
+            })
+            .await
     }
 
     async fn attempt(&self, id: QueueId) {

@@ -6,7 +6,10 @@
 //! in the same transaction as the queue operation; this module serves it:
 //!
 //! - `GET /journal?message-id=<id>`: every entry about that message;
-//! - `GET /journal?since=<unix seconds>[&limit=N]`: entries from then on.
+//! - `GET /journal?since=<unix seconds>[&limit=N]`: entries from then on;
+//! - `GET /journal?after_us=<µs>[&limit=N]`: entries strictly after that
+//!   entry time (the journal key), for paging exactly: a caller that got a
+//!   full page asks again after the last entry's `time_us`.
 //!
 //! Each entry is resolved here, where the configuration is known: a
 //! `forwarded` entry names the next node (`next_node`, from the address in
@@ -14,6 +17,7 @@
 //! 250 reply); an `accepted` entry says whether the message is still in
 //! this node's queue (`queued`).
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -23,9 +27,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::http::{Request, Response, Router};
 
-/// Most entries one `since` request returns (the caller pages with a
-/// later `since`).
-const MAX_ENTRIES: usize = 10_000;
+/// Most entries one `since`/`after_us` request returns (the caller pages
+/// with `after_us`).
+pub const MAX_ENTRIES: usize = 10_000;
 
 /// One entry as served: the stored entry plus what this node can resolve.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
@@ -127,9 +131,9 @@ pub fn routes(
         let entries = if let Some(mid) = req.query.get("message-id") {
             let mid = percent_encoding::percent_decode_str(mid).decode_utf8_lossy();
             queue.journal_for_message(&mid)
-        } else if let Some(since) = req.query.get("since") {
-            let Ok(secs) = since.parse::<f64>() else {
-                return Response::text(400, "since: Unix seconds\n");
+        } else if let Some(from) = page_start(&req.query) {
+            let Ok(from) = from else {
+                return Response::text(400, "since: Unix seconds; after_us: microseconds\n");
             };
             let limit = req
                 .query
@@ -137,10 +141,12 @@ pub fn routes(
                 .and_then(|l| l.parse().ok())
                 .unwrap_or(MAX_ENTRIES)
                 .min(MAX_ENTRIES);
-            let since = UNIX_EPOCH + Duration::from_secs_f64(secs.max(0.0));
-            queue.journal_since(since, limit)
+            queue.journal_since(from, limit)
         } else {
-            return Response::text(400, "use ?message-id=ID or ?since=UNIX_SECONDS\n");
+            return Response::text(
+                400,
+                "use ?message-id=ID, ?since=UNIX_SECONDS or ?after_us=MICROSECONDS\n",
+            );
         };
         match entries {
             Ok(entries) => {
@@ -157,6 +163,23 @@ pub fn routes(
             Err(e) => Response::text(500, format!("journal: {e}\n")),
         }
     })
+}
+
+/// Where a `since=` or `after_us=` page starts; `None` without either,
+/// `Some(Err)` when the number does not parse.
+fn page_start(query: &HashMap<String, String>) -> Option<Result<SystemTime, ()>> {
+    let offset = if let Some(after) = query.get("after_us") {
+        // Entry times are the keys, one per microsecond: strictly after.
+        after
+            .parse::<u64>()
+            .map(|us| Duration::from_micros(us.saturating_add(1)))
+            .map_err(drop)
+    } else {
+        // `try_`: "inf" parses as an f64 and would panic from_secs_f64.
+        let secs = query.get("since")?.parse::<f64>().map_err(drop);
+        secs.and_then(|s| Duration::try_from_secs_f64(s.max(0.0)).map_err(drop))
+    };
+    Some(offset.and_then(|d| UNIX_EPOCH.checked_add(d).ok_or(())))
 }
 
 /// A journal entry for a message a content filter kept out of the flow
