@@ -33,9 +33,16 @@ def free_port_offset(ports):
     can be taken, while its node is down, as the local end of any outgoing
     connection, and the node's restart then fails with EADDRINUSE. They also
     stay below 25353, where the fixed-range helpers (dnsmasq, fake servers)
-    look for theirs. config/local.toml's ports are 2525-10127."""
+    look for theirs. config/local.toml's ports are 2525-10127.
+
+    PALISADE_PORT_LANE (0 or 1, set by tests/run-all.sh) keeps two pytest
+    runs side by side on disjoint offsets."""
+    lane = os.environ.get("PALISADE_PORT_LANE")
     for _ in range(200):
-        offset = 8000 + (uuid.uuid4().int % 73) * 100
+        slot = uuid.uuid4().int % 72
+        if lane is not None:
+            slot = slot // 2 * 2 + int(lane)
+        offset = 8000 + slot * 100
         if all(port_free(p + offset) for p in ports):
             return offset
     raise RuntimeError("no free port range")
