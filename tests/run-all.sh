@@ -12,7 +12,7 @@ cd "$(dirname "$0")/.."
 # tests), swaks, Postfix (the peer and load generator), clamd, a DNS
 # server, Redis, mutt/fetchmail, chromium (the HTML report), nftables,
 # haproxy, iproute2 and systemd-analyze (the deployment kit and netns tests).
-packages=(python3 python3-pytest swaks postfix clamav-daemon clamav dnsmasq-base
+packages=(python3 python3-pytest python3-pytest-xdist swaks postfix clamav-daemon clamav dnsmasq-base
           redis-server fetchmail mutt ca-certificates openssl chromium
           nftables haproxy iproute2 systemd dovecot-imapd keepalived
           nsd ldnsutils)
@@ -41,19 +41,23 @@ if [ $# -gt 0 ]; then
   exec "${pytest[@]}" tests/integration "$@"
 fi
 
-# The 5-minute probe run (issue 8) mostly waits: it runs beside the cargo
-# tests and the other cross-stage tests instead of after them, on its own
-# lane of ports (conftest.free_port_offset), its output printed at the end.
+# The cross-stage tests mostly wait (for retries, timeouts, a peer), so
+# they run side by side, each on its own lane of ports
+# (conftest.free_port_offset): two pytest-xdist workers, one test file at
+# a time each, and the 5-minute probe run (issue 8), which starts beside
+# the cargo tests; its output is printed at the end.
+export PALISADE_PORT_LANES=3
 long=tests/integration/test_probe.py::test_probe_reports_no_loss_and_the_latency_spike_of_a_hung_antispam_node
 long_log=$(mktemp /tmp/palisade-probe-test.XXXXXX)
-PALISADE_PORT_LANE=1 "${pytest[@]}" "$long" > "$long_log" 2>&1 &
+PALISADE_PORT_LANE=2 "${pytest[@]}" "$long" > "$long_log" 2>&1 &
 long_pid=$!
 trap 'kill "$long_pid" 2>/dev/null || true' EXIT
 
 status=0
 cargo test --release --workspace || status=$?
 if [ "$status" -eq 0 ]; then
-  PALISADE_PORT_LANE=0 "${pytest[@]}" tests/integration --deselect "$long" || status=$?
+  PALISADE_PORT_LANE=0 "${pytest[@]}" -n 2 --dist loadfile tests/integration \
+    --deselect "$long" || status=$?
 fi
 long_status=0
 wait "$long_pid" || long_status=$?

@@ -35,17 +35,26 @@ def free_port_offset(ports):
     stay below 25353, where the fixed-range helpers (dnsmasq, fake servers)
     look for theirs. config/local.toml's ports are 2525-10127.
 
-    PALISADE_PORT_LANE (0 or 1, set by tests/run-all.sh) keeps two pytest
-    runs side by side on disjoint offsets."""
-    lane = os.environ.get("PALISADE_PORT_LANE")
+    Tests that run side by side (tests/run-all.sh: pytest-xdist workers
+    and the long probe run) take offsets from disjoint lanes."""
+    lane, lanes = port_lane()
     for _ in range(200):
-        slot = uuid.uuid4().int % 72
-        if lane is not None:
-            slot = slot // 2 * 2 + int(lane)
+        slot = uuid.uuid4().int % (72 // lanes) * lanes + lane
         offset = 8000 + slot * 100
         if all(port_free(p + offset) for p in ports):
             return offset
     raise RuntimeError("no free port range")
+
+
+def port_lane():
+    """(lane, lanes): PALISADE_PORT_LANES lanes in all (default 1); this
+    process's is PALISADE_PORT_LANE plus its pytest-xdist worker number."""
+    lanes = int(os.environ.get("PALISADE_PORT_LANES", "1"))
+    lane = int(os.environ.get("PALISADE_PORT_LANE", "0"))
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0")
+    lane += int(worker.removeprefix("gw") or 0)
+    assert lane < lanes, f"port lane {lane} of {lanes}: set PALISADE_PORT_LANES"
+    return lane, lanes
 
 
 def port_free(port):

@@ -26,7 +26,7 @@ from conftest import Architecture
 from dns import free_udp_tcp_port, stop_by_pid
 from test_outgoing import Sink, metrics, port_free_on, queue_list, submit, wait_for
 
-IPS = [f"127.0.0.{i}" for i in range(40, 51)]
+IPS = [f"127.0.0.{i}" for i in range(40, 53)]
 
 
 def openssl(*args, input=None):
@@ -165,6 +165,8 @@ def dane_world():
         "cname": Sink(IPS[8], port, tls=ee),
         "mixed1": Sink(IPS[9], port, tls=ee),
         "mixed2": Sink(IPS[10], port),
+        "alias": Sink(IPS[11], port, tls=ee),
+        "alias2": Sink(IPS[12], port, tls=ee),
     }
     good, wrong = spki_sha256(ee_pem), spki_sha256(other_pem)
     placeholder = secrets.token_hex(32)
@@ -195,6 +197,15 @@ def dane_world():
     lines += ["mixed IN MX 10 mx1.mixed", "mixed IN MX 20 mx2.mixed",
               f"mx1.mixed IN A {IPS[9]}", f"mx2.mixed IN A {IPS[10]}",
               f"_{port}._tcp.mx1.mixed IN TLSA 3 1 1 {wrong}"]
+    # RFC 7672 §2.2.2: an MX host that is an alias. Its TLSA records are
+    # looked for at the expanded name first (alias: there they match, at
+    # the alias they do not), then at the MX name (alias2: none at the
+    # expanded name; the ones at the MX name match).
+    lines += ["alias IN MX 10 mx.alias", "mx.alias IN CNAME real.alias", f"real.alias IN A {IPS[11]}",
+              f"_{port}._tcp.real.alias IN TLSA 3 1 1 {good}",
+              f"_{port}._tcp.mx.alias IN TLSA 3 1 1 {wrong}",
+              "alias2 IN MX 10 mx.alias2", "mx.alias2 IN CNAME real.alias2",
+              f"real.alias2 IN A {IPS[12]}", f"_{port}._tcp.mx.alias2 IN TLSA 3 1 1 {good}"]
     plain = "\n".join(["$ORIGIN plain.test.", "$TTL 300",
                        "@ IN SOA ns.plain.test. admin.test. 1 3600 600 86400 300",
                        "@ IN NS ns", "ns IN A 127.0.0.1", "@ IN MX 10 mx", f"mx IN A {IPS[6]}",
@@ -320,3 +331,13 @@ def test_bogus_signatures_keep_the_message_queued(dane_world):
     assert "user@bogus.test" in q and "user@bogusmx.test" in q
     # Not even a connection: the host is not used at all.
     assert not sinks["bogus"].transcript and not sinks["bogusmx"].transcript
+
+
+def test_tlsa_of_an_mx_alias_at_its_expanded_name_first_then_at_the_mx_name(dane_world):
+    arch, sinks, _ = dane_world
+    # mx.alias.test's own TLSA record does not match: delivered only
+    # because the expanded name's record was used.
+    assert wait_for(lambda: "user@alias.test" in sinks["alias"].rcpts())
+    assert sinks["alias"].tls_sessions >= 1
+    assert wait_for(lambda: "user@alias2.test" in sinks["alias2"].rcpts())
+    assert sinks["alias2"].tls_sessions >= 1

@@ -56,6 +56,9 @@ impl<T> Validated<Vec<T>> {
     }
 }
 
+/// CNAME hops followed to an MX host's addresses (a loop ends there).
+const MAX_CNAME_HOPS: usize = 8;
+
 /// Why a validated lookup has no answer to use.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum ValidationError {
@@ -216,10 +219,40 @@ impl ValidatingResolver {
 
     /// The A and AAAA records of `host`: secure only when both are.
     pub async fn addresses(&self, host: &str) -> Result<Validated<Vec<IpAddr>>, ValidationError> {
-        let mut out = Vec::new();
+        Ok(self.addresses_expanded(host).await?.0)
+    }
+
+    /// [`addresses`](Self::addresses), and the name they were found at
+    /// when `host` is an alias (the fully CNAME-expanded name, RFC 7672
+    /// §2.2.2); `host` itself (no trailing dot) otherwise.
+    ///
+    /// The CNAME chain is walked here, one CNAME query per hop, and the
+    /// addresses asked at its end: hickory judges the denial of an AAAA
+    /// record behind a CNAME against the alias instead of the target and
+    /// finds it bogus. Each hop counts for the security of the answer.
+    pub async fn addresses_expanded(
+        &self,
+        host: &str,
+    ) -> Result<(Validated<Vec<IpAddr>>, String), ValidationError> {
+        let mut name = host.trim_end_matches('.').to_ascii_lowercase();
         let mut security = Security::Secure;
+        for _ in 0..MAX_CNAME_HOPS {
+            let v = self.lookup(&name, RecordType::CNAME).await?;
+            let Some(RData::CNAME(target)) = v.value.first() else {
+                break;
+            };
+            if !v.is_secure() {
+                security = Security::Insecure;
+            }
+            name = target
+                .0
+                .to_ascii()
+                .trim_end_matches('.')
+                .to_ascii_lowercase();
+        }
+        let mut out = Vec::new();
         for rtype in [RecordType::A, RecordType::AAAA] {
-            let v = self.lookup(host, rtype).await?;
+            let v = self.lookup(&name, rtype).await?;
             if !v.is_secure() {
                 security = Security::Insecure;
             }
@@ -229,10 +262,11 @@ impl ValidatingResolver {
                 _ => None,
             }));
         }
-        Ok(Validated {
+        let found = Validated {
             security,
             value: out,
-        })
+        };
+        Ok((found, name))
     }
 
     /// The TLSA RRset at `name` (e.g. `_25._tcp.mx.example.org`).

@@ -15,9 +15,12 @@
 //!   its secure denial makes the domain its own MX host); only host names
 //!   from that RRset are used.
 //! - §2.2.2: the TLSA RRset of a host is looked up only when the host's
-//!   address records are secure; at `_<port>._tcp.<host>` (RFC 6698 §3:
+//!   address records are secure; at `_<port>._tcp.<base>` (RFC 6698 §3:
 //!   `_25._tcp` on the Internet), CNAMEs followed only when secure (§2.2.3,
 //!   done by the validating lookup: every CNAME on the way must be secure).
+//!   The TLSA base domain is the host's fully CNAME-expanded name when the
+//!   host is an alias and TLSA records are found there, the MX host name
+//!   otherwise; the certificate name check (DANE-TA) accepts either.
 //! - §2.2: a TLSA RRset with no usable record still means TLS is required
 //!   ("encrypt", unauthenticated); a failed TLSA lookup means the host is
 //!   not used.
@@ -50,7 +53,9 @@ pub enum HostDane {
     /// certificate is not checked ("encrypt", §2.2).
     Encrypt,
     /// The usable records: TLS mandatory, certificate matched against them.
-    Authenticate(Vec<Tlsa>),
+    /// `names`: the TLSA base domain first (the SNI name), then the MX
+    /// host name when it differs — the names DANE-TA accepts (§3.2.2).
+    Authenticate { tlsa: Vec<Tlsa>, names: Vec<String> },
 }
 
 /// The DNSSEC-validating side of DANE.
@@ -114,25 +119,41 @@ impl Dane {
     /// An error means the host must not be used (temporary failure).
     pub async fn host(&self, host: &str, port: u16) -> Result<HostDane, ValidationError> {
         let host = host.trim_end_matches('.').to_ascii_lowercase();
-        if !self.dns.addresses(&host).await?.is_secure() {
+        let (addresses, expanded) = self.dns.addresses_expanded(&host).await?;
+        if !addresses.is_secure() {
             // §2.2.2: unsigned addresses: the TLSA lookup is skipped.
             return Ok(HostDane::NoTlsa);
         }
-        let tlsa = self.dns.tlsa(&tlsa_name(&host, port)).await?;
-        if !tlsa.is_secure() || tlsa.value.is_empty() {
-            return Ok(HostDane::NoTlsa);
+        // §2.2.2: an alias's TLSA records are looked for at its expanded
+        // name first; found nowhere there (or unsigned), at the MX name.
+        let mut bases = vec![expanded];
+        if bases[0] != host {
+            bases.push(host.clone());
         }
-        let usable: Vec<Tlsa> = tlsa
-            .value
-            .iter()
-            .map(from_dns)
-            .filter(Tlsa::is_usable)
-            .collect();
-        Ok(if usable.is_empty() {
-            HostDane::Encrypt
-        } else {
-            HostDane::Authenticate(usable)
-        })
+        for (i, base) in bases.iter().enumerate() {
+            let tlsa = self.dns.tlsa(&tlsa_name(base, port)).await?;
+            if !tlsa.is_secure() || tlsa.value.is_empty() {
+                continue;
+            }
+            let usable: Vec<Tlsa> = tlsa
+                .value
+                .iter()
+                .map(from_dns)
+                .filter(Tlsa::is_usable)
+                .collect();
+            if usable.is_empty() {
+                return Ok(HostDane::Encrypt);
+            }
+            let mut names = vec![base.clone()];
+            if i == 0 && bases.len() > 1 {
+                names.push(host.clone());
+            }
+            return Ok(HostDane::Authenticate {
+                tlsa: usable,
+                names,
+            });
+        }
+        Ok(HostDane::NoTlsa)
     }
 }
 

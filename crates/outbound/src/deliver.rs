@@ -68,8 +68,9 @@ enum HostTls {
     /// STARTTLS required, certificate verified against this host name.
     Verified(String),
     /// STARTTLS required, certificate matched against the TLSA records of
-    /// this MX host (DANE, RFC 7672).
-    Dane { host: String, tlsa: Vec<Tlsa> },
+    /// this MX host (DANE, RFC 7672); `names`: the TLSA base domain (the
+    /// SNI name), then the MX host name if it differs.
+    Dane { names: Vec<String>, tlsa: Vec<Tlsa> },
 }
 
 /// Idle connections by (remote address, TLS terms), with when each was parked.
@@ -577,8 +578,8 @@ impl Deliverer {
                         last = Some((dnssec_failure(&dest, e), why));
                         continue;
                     }
-                    Some(Ok(HostDane::Authenticate(tlsa))) => HostTls::Dane {
-                        host: c.name.trim_end_matches('.').to_ascii_lowercase(),
+                    Some(Ok(HostDane::Authenticate { tlsa, names })) => HostTls::Dane {
+                        names: names.clone(),
                         tlsa: tlsa.clone(),
                     },
                     // A TLSA RRset with no usable record: TLS mandatory,
@@ -649,6 +650,11 @@ impl Deliverer {
                 }
                 Err(e) => {
                     let cl = classify_client_error(&e);
+                    // The TLSA records' owner: at the TLSA base domain.
+                    let tlsa_at = match &tls {
+                        HostTls::Dane { names, .. } => tlsa_name(&names[0], c.addr.port()),
+                        _ => tlsa_name(&c.name, c.addr.port()),
+                    };
                     let why = match (&e, &policy) {
                         (ClientError::TlsRequired, TlsPolicy::Required { why: rule, .. }) => {
                             format!(
@@ -665,16 +671,12 @@ impl Deliverer {
                             c.name, c.addr
                         ),
                         (ClientError::TlsRequired, TlsPolicy::Dane(_)) => format!(
-                            "host {}[{}] does not offer STARTTLS, required by DANE (TLSA at {})",
-                            c.name,
-                            c.addr,
-                            tlsa_name(&c.name, c.addr.port())
+                            "host {}[{}] does not offer STARTTLS, required by DANE (TLSA at {tlsa_at})",
+                            c.name, c.addr,
                         ),
                         (ClientError::Tls(_), TlsPolicy::Dane(_)) => format!(
-                            "host {}[{}]: {e} (DANE: TLSA at {})",
-                            c.name,
-                            c.addr,
-                            tlsa_name(&c.name, c.addr.port())
+                            "host {}[{}]: {e} (DANE: TLSA at {tlsa_at})",
+                            c.name, c.addr,
                         ),
                         _ => format!("host {}[{}]: {e}", c.name, c.addr),
                     };
@@ -812,11 +814,11 @@ impl Deliverer {
                 cfg.tls = Some(self.verified.clone());
                 cfg.server_name = Some(name.trim_end_matches('.').to_string());
             }
-            HostTls::Dane { host, tlsa } => {
+            HostTls::Dane { names, tlsa } => {
                 cfg.tls_mode = TlsMode::Required;
-                cfg.tls = Some(dane_tls_config(tlsa.clone(), host.clone()));
+                cfg.tls = Some(dane_tls_config(tlsa.clone(), names.clone()));
                 // RFC 7672 §8.1: SNI with the TLSA base domain.
-                cfg.server_name = Some(host.clone());
+                cfg.server_name = Some(names[0].clone());
             }
         }
         let tls_required = *tls != HostTls::Opportunistic;

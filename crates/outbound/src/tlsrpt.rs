@@ -99,7 +99,7 @@ impl PolicyKey {
                 let mut hosts: Vec<String> = d.hosts.keys().cloned().collect();
                 hosts.sort();
                 let records = hosts.iter().filter_map(|h| match &d.hosts[h] {
-                    Ok(crate::dane::HostDane::Authenticate(tlsa)) => Some(tlsa),
+                    Ok(crate::dane::HostDane::Authenticate { tlsa, .. }) => Some(tlsa),
                     _ => None,
                 });
                 // §4.4: for "tlsa", the records in presentation format.

@@ -117,8 +117,8 @@ impl Tlsa {
 /// - DANE-TA (2): a certificate the server sends in its chain must match;
 ///   the leaf must chain to it (validity dates checked) and be valid for
 ///   `host` (§3.1.2, §3.2.2).
-pub fn dane_tls_config(tlsa: Vec<Tlsa>, host: String) -> Arc<rustls::ClientConfig> {
-    checking_config(Some(Dane { tlsa, host }))
+pub fn dane_tls_config(tlsa: Vec<Tlsa>, names: Vec<String>) -> Arc<rustls::ClientConfig> {
+    checking_config(Some(Dane { tlsa, names }))
 }
 
 /// The text of the verifier's error when no record matches; callers
@@ -129,7 +129,9 @@ pub const DANE_NO_MATCH: &str = "DANE: no TLSA record matches the server certifi
 #[derive(Debug)]
 struct Dane {
     tlsa: Vec<Tlsa>,
-    host: String,
+    /// The names a DANE-TA leaf may be issued to: the TLSA base domain
+    /// and the MX host name (RFC 7672 §3.2.2).
+    names: Vec<String>,
 }
 
 impl Dane {
@@ -154,9 +156,16 @@ impl Dane {
             now,
             provider.signature_verification_algorithms.all,
         )?;
-        let name = ServerName::try_from(self.host.as_str())
-            .map_err(|e| rustls::Error::General(format!("DANE: MX host name: {e}")))?;
-        verify_server_name(&leaf, &name)
+        let mut mismatch = None;
+        for name in &self.names {
+            let name = ServerName::try_from(name.as_str())
+                .map_err(|e| rustls::Error::General(format!("DANE: MX host name: {e}")))?;
+            match verify_server_name(&leaf, &name) {
+                Ok(()) => return Ok(()),
+                Err(e) => mismatch = Some(e),
+            }
+        }
+        Err(mismatch.unwrap_or_else(|| rustls::Error::General("DANE: no host name".into())))
     }
 
     /// RFC 7672 §3.1: the presented chain against the TLSA records.
@@ -273,12 +282,13 @@ mod tests {
             .to_vec()
     }
 
-    fn verifier(tlsa: Vec<Tlsa>, host: &str) -> CertCheck {
+    /// `names`: comma-separated, the TLSA base domain first.
+    fn verifier(tlsa: Vec<Tlsa>, names: &str) -> CertCheck {
         CertCheck {
             provider: provider(),
             dane: Some(Dane {
                 tlsa,
-                host: host.into(),
+                names: names.split(',').map(str::to_string).collect(),
             }),
         }
     }
@@ -368,6 +378,20 @@ mod tests {
         check(&verifier(vec![ta.clone()], "mx.example"), &chain).unwrap();
         // The name is checked for DANE-TA (RFC 7672 §3.2.2) ...
         let err = check(&verifier(vec![ta.clone()], "other.example"), &chain).unwrap_err();
+        assert!(err.to_string().contains("not valid for name"), "{err}");
+        // An MX alias: the leaf may name the expanded name (the TLSA base
+        // domain) or the MX host name; neither matching is refused.
+        check(
+            &verifier(vec![ta.clone()], "real.example,mx.example"),
+            &chain,
+        )
+        .unwrap();
+        check(
+            &verifier(vec![ta.clone()], "mx.example,alias.example"),
+            &chain,
+        )
+        .unwrap();
+        let err = check(&verifier(vec![ta.clone()], "a.example,b.example"), &chain).unwrap_err();
         assert!(err.to_string().contains("not valid for name"), "{err}");
         // ... and the TA must be in the presented chain.
         let err = check(&verifier(vec![ta], "mx.example"), &chain[..1]).unwrap_err();
