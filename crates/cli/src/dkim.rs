@@ -387,13 +387,13 @@ fn switch_config(
     palisade_config::parse(&real, &new_text).map_err(|e| {
         anyhow!("the rewritten configuration would not load (file unchanged):\n{e}")
     })?;
-    let tmp = real.with_extension("toml.rotate-tmp");
-    std::fs::write(&tmp, &new_text).with_context(|| tmp.display().to_string())?;
-    if let Ok(meta) = std::fs::metadata(&real) {
-        let _ = std::fs::set_permissions(&tmp, meta.permissions());
-    }
-    std::fs::rename(&tmp, &real).with_context(|| real.display().to_string())?;
-    Ok(())
+    // The file keeps its mode (it may be readable by the run group only).
+    let mode = std::fs::metadata(&real).ok().map(|m| {
+        use std::os::unix::fs::PermissionsExt;
+        m.permissions().mode() & 0o7777
+    });
+    palisade_queue::durable::replace_file(&real, new_text.as_bytes(), mode)
+        .with_context(|| real.display().to_string())
 }
 
 /// Asks every outgoing node to reload (it sends itself SIGHUP); a node

@@ -77,11 +77,6 @@ fn review(args: ReviewArgs) -> anyhow::Result<ExitCode> {
 /// Writes beside the target and renames over it, so a web server never
 /// serves half a report.
 pub fn write_atomically(path: &std::path::Path, bytes: &[u8]) -> anyhow::Result<()> {
-    let name = path
-        .file_name()
-        .with_context(|| format!("{} is not a file name", path.display()))?;
-    let tmp = path.with_file_name(format!(".{}.tmp", name.to_string_lossy()));
-    std::fs::write(&tmp, bytes).with_context(|| format!("writing {}", tmp.display()))?;
-    std::fs::rename(&tmp, path).with_context(|| format!("replacing {}", path.display()))?;
-    Ok(())
+    palisade_queue::durable::replace_file(path, bytes, None)
+        .with_context(|| format!("replacing {}", path.display()))
 }

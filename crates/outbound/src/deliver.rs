@@ -274,45 +274,13 @@ impl Deliverer {
     }
 
     async fn attempt(self: Arc<Self>, id: QueueId) {
-        let envelope = match self.queue.envelope(id) {
-            Ok(Some(e)) => Arc::new(e),
-            Ok(None) => {
-                self.queue.release_active(id);
-                return;
-            }
-            Err(e) => {
-                warn!("{id}: cannot read envelope: {e}");
-                self.queue.release_active(id);
-                return;
-            }
-        };
-        let body = match self.queue.body(id) {
-            Ok(Some(b)) => b,
-            other => {
-                warn!("{id}: cannot read message body: {:?}", other.err());
-                self.queue.release_active(id);
-                return;
-            }
+        let Some((envelope, body)) = self.queue.load_due(id) else {
+            return;
         };
         let message = Arc::new(self.prepare_message(&envelope, &body));
-        let origin = Arc::new(
-            envelope
-                .origin
-                .clone()
-                .unwrap_or_else(|| format!("{}/{}", self.ctx.node_name, id)),
-        );
-
-        let mut groups: Vec<(Route, Vec<usize>)> = Vec::new();
-        for (i, r) in envelope.rcpts.iter().enumerate() {
-            if !matches!(r.status, RcptStatus::Pending) {
-                continue;
-            }
-            let route = self.route_of(&r.address);
-            match groups.iter_mut().find(|(g, _)| *g == route) {
-                Some((_, v)) => v.push(i),
-                None => groups.push((route, vec![i])),
-            }
-        }
+        let origin = Arc::new(envelope.origin_or_here(&self.ctx.node_name));
+        let groups = envelope.pending_by(|rcpt| self.route_of(rcpt));
+        let envelope = Arc::new(envelope);
 
         // One message to many domains: every destination in parallel. Each
         // destination that finishes while others are still sending settles

@@ -25,12 +25,3 @@ pub mod tls_policy;
 pub mod tlsrpt;
 
 pub use deliver::Deliverer;
-
-/// Writes `data` beside `path`, then renames it over `path`: a crash
-/// leaves the old or the new file, never half of one (the MTA-STS cache,
-/// the TLSRPT counts).
-pub(crate) fn replace_file(path: &std::path::Path, data: &[u8]) -> std::io::Result<()> {
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, data)?;
-    std::fs::rename(&tmp, path)
-}

@@ -293,7 +293,7 @@ impl StsCache {
             p.retain(|_, c| c.expires > now);
             serde_json::to_vec_pretty(&*p).unwrap_or_default()
         };
-        if let Err(e) = crate::replace_file(&self.file, &snapshot) {
+        if let Err(e) = palisade_queue::durable::replace_file(&self.file, &snapshot, None) {
             warn!("cannot persist MTA-STS cache {}: {e}", self.file.display());
         }
     }

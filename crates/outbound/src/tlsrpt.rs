@@ -212,7 +212,7 @@ impl TlsReports {
             s.dirty = false;
             serde_json::to_vec(&*s).unwrap_or_default()
         };
-        if let Err(e) = crate::replace_file(&self.file, &snapshot) {
+        if let Err(e) = palisade_queue::durable::replace_file(&self.file, &snapshot, None) {
             warn!("cannot persist TLSRPT counts {}: {e}", self.file.display());
         }
     }
@@ -344,17 +344,10 @@ pub fn rua_mailto(txt: &str) -> Vec<String> {
 }
 
 fn rfc3339(unix: u64) -> String {
-    let t = time::OffsetDateTime::from_unix_timestamp(unix as i64)
-        .unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
-    format!(
-        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}Z",
-        t.year(),
-        t.month() as u8,
-        t.day(),
-        t.hour(),
-        t.minute(),
-        t.second()
-    )
+    time::OffsetDateTime::from_unix_timestamp(unix as i64)
+        .unwrap_or(time::OffsetDateTime::UNIX_EPOCH)
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default()
 }
 
 /// The JSON report (§4) of one domain's entries in `period`.

@@ -40,6 +40,7 @@ use lmdb::{Cursor, Transaction};
 use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
 
+pub mod durable;
 mod journal;
 mod sched;
 mod store;
@@ -187,6 +188,33 @@ pub struct Envelope {
     pub held: bool,
     /// Body size in bytes.
     pub size: u64,
+}
+
+impl Envelope {
+    /// The pending recipients' indexes grouped by where `route` sends
+    /// each address, in first-seen order: one delivery per group.
+    pub fn pending_by<R: PartialEq>(&self, route: impl Fn(&str) -> R) -> Vec<(R, Vec<usize>)> {
+        let mut groups: Vec<(R, Vec<usize>)> = Vec::new();
+        for (i, r) in self.rcpts.iter().enumerate() {
+            if !matches!(r.status, RcptStatus::Pending) {
+                continue;
+            }
+            let to = route(&r.address);
+            match groups.iter_mut().find(|(g, _)| *g == to) {
+                Some((_, v)) => v.push(i),
+                None => groups.push((to, vec![i])),
+            }
+        }
+        groups
+    }
+
+    /// The origin token the message carries downstream: the one it came
+    /// with, or `<node>/<id>` where it entered the gateway.
+    pub fn origin_or_here(&self, node: &str) -> String {
+        self.origin
+            .clone()
+            .unwrap_or_else(|| format!("{node}/{}", self.id))
+    }
 }
 
 /// Result of one delivery attempt for one recipient.
@@ -415,6 +443,28 @@ impl Queue {
     /// Like [`next_due`](Self::next_due) without waiting.
     pub fn try_next_due(&self) -> Option<QueueId> {
         self.inner.sched.take_due().ok()
+    }
+
+    /// The envelope and body of a message a delivery engine took from
+    /// [`next_due`](Self::next_due); `None`, with the message released,
+    /// when an admin deleted it meanwhile or it cannot be read (logged).
+    pub fn load_due(&self, id: QueueId) -> Option<(Envelope, Vec<u8>)> {
+        let loaded = match (self.envelope(id), self.body(id)) {
+            (Ok(Some(e)), Ok(Some(b))) => Some((e, b)),
+            (Ok(None), _) => None,
+            (Err(e), _) => {
+                tracing::warn!("{id}: cannot read envelope: {e}");
+                None
+            }
+            (_, body) => {
+                tracing::warn!("{id}: cannot read message body: {:?}", body.err());
+                None
+            }
+        };
+        if loaded.is_none() {
+            self.release_active(id);
+        }
+        loaded
     }
 
     /// The stored envelope. A record that fails to decode yields

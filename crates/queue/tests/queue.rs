@@ -669,3 +669,46 @@ async fn settle_marks_delivered_mid_attempt_and_survives_reopen() {
         Err(QueueError::NotFound)
     ));
 }
+
+/// What the two delivery engines (forwarder, outgoing deliverer) start
+/// from: the message loaded, its pending recipients grouped by route, the
+/// origin token; a message deleted while due is released, not delivered.
+#[tokio::test]
+async fn load_due_groups_pending_recipients_and_releases_a_deleted_message() {
+    let dir = tempdir("load-due");
+    let q = Queue::open(&dir, slow_retry()).unwrap();
+    let rcpts = [
+        "a@one.example",
+        "b@two.example",
+        "c@one.example",
+        "d@two.example",
+    ];
+    let id = enqueue_and_take(&q, msg(1, &rcpts, 100)).await;
+    let (env, b) = q.load_due(id).expect("loaded");
+    assert_eq!(b, q.body(id).unwrap().unwrap());
+    assert_eq!(env.origin_or_here("mx-1"), format!("mx-1/{id}"));
+    let domain = |a: &str| a.rsplit('@').next().unwrap().to_string();
+    assert_eq!(
+        env.pending_by(domain),
+        vec![
+            ("one.example".into(), vec![0, 2]),
+            ("two.example".into(), vec![1, 3])
+        ]
+    );
+    // Once b@ is delivered only d@ is left for two.example.
+    q.record(id, vec![(1, Outcome::Delivered("250 ok".into()))])
+        .await
+        .unwrap();
+    let (env, _) = q.load_due(id).expect("still queued");
+    assert_eq!(
+        env.pending_by(domain),
+        vec![
+            ("one.example".into(), vec![0, 2]),
+            ("two.example".into(), vec![3])
+        ]
+    );
+
+    let gone = enqueue_and_take(&q, msg(2, &["x@one.example"], 100)).await;
+    assert!(q.delete(gone).await.unwrap());
+    assert!(q.load_due(gone).is_none());
+}

@@ -21,7 +21,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use palisade_config::{NextHop, NextHopTls};
-use palisade_queue::{ClientInfo, Envelope, Outcome, Queue, QueueId, RcptStatus};
+use palisade_queue::{ClientInfo, Envelope, Outcome, Queue, QueueId};
 use palisade_smtp_client::{
     insecure_tls_config, ClientConfig, ClientError, Connection, TlsMode, Transaction, TxResult,
 };
@@ -107,45 +107,13 @@ impl Forwarder {
     }
 
     async fn attempt(&self, id: QueueId) {
-        let envelope = match self.queue.envelope(id) {
-            Ok(Some(e)) => e,
-            Ok(None) => {
-                // Deleted by an admin while it was due: nothing to do.
-                self.queue.release_active(id);
-                return;
-            }
-            Err(e) => {
-                warn!("{id}: cannot read envelope: {e}");
-                self.queue.release_active(id);
-                return;
-            }
-        };
-        let body = match self.queue.body(id) {
-            Ok(Some(b)) => b,
-            other => {
-                warn!("{id}: cannot read message body: {:?}", other.err());
-                self.queue.release_active(id);
-                return;
-            }
+        // None: deleted by an admin while it was due, or unreadable.
+        let Some((envelope, body)) = self.queue.load_due(id) else {
+            return;
         };
         let message = self.with_trace_header(&envelope, &body);
-        let origin = envelope
-            .origin
-            .clone()
-            .unwrap_or_else(|| format!("{}/{}", self.ctx.node_name, id));
-
-        // Pending recipients grouped by where they go.
-        let mut groups: Vec<(NextHop, Vec<usize>)> = Vec::new();
-        for (i, r) in envelope.rcpts.iter().enumerate() {
-            if !matches!(r.status, RcptStatus::Pending) {
-                continue;
-            }
-            let hop = self.ctx.config.next_hop(self.ctx.stage, &r.address);
-            match groups.iter_mut().find(|(h, _)| *h == hop) {
-                Some((_, v)) => v.push(i),
-                None => groups.push((hop, vec![i])),
-            }
-        }
+        let origin = envelope.origin_or_here(&self.ctx.node_name);
+        let groups = envelope.pending_by(|rcpt| self.ctx.config.next_hop(self.ctx.stage, rcpt));
 
         let started = Instant::now();
         let mut results = Vec::new();

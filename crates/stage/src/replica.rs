@@ -215,9 +215,7 @@ impl Replica {
             serde_json::to_vec(&*state)?
         };
         // Persisted so a restarted node knows how old its copy is.
-        let tmp = self.state_file.with_extension("tmp");
-        std::fs::write(&tmp, snapshot)?;
-        std::fs::rename(&tmp, &self.state_file)?;
+        palisade_queue::durable::replace_file(&self.state_file, &snapshot, None)?;
         Ok(())
     }
 

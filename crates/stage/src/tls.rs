@@ -70,18 +70,11 @@ pub fn ensure_self_signed(cert: &Path, key: &Path, hostname: &str) -> Result<boo
         }
         let names = vec![hostname.to_string(), "localhost".to_string()];
         let ck = rcgen::generate_simple_self_signed(names).context("generating a certificate")?;
-        // Temporary names and renames: a reader never sees half a file.
-        let tmp_key = key.with_extension("tmp");
-        let tmp_cert = cert.with_extension("tmp");
-        fs::write(&tmp_key, ck.key_pair.serialize_pem())?;
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::PermissionsExt;
-            fs::set_permissions(&tmp_key, fs::Permissions::from_mode(0o600))?;
-        }
-        fs::write(&tmp_cert, ck.cert.pem())?;
-        fs::rename(&tmp_key, key)?;
-        fs::rename(&tmp_cert, cert)?;
+        // Replaced whole: a reader never sees half a file. The key first:
+        // a certificate is only ever there with its key.
+        let replace = palisade_queue::durable::replace_file;
+        replace(key, ck.key_pair.serialize_pem().as_bytes(), Some(0o600))?;
+        replace(cert, ck.cert.pem().as_bytes(), Some(0o644))?;
         Ok(true)
     })();
     let _ = fs::remove_file(&lock);
