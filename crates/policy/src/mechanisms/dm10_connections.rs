@@ -2,19 +2,20 @@
 //! address, and in total, on a listener.
 //!
 //! Each admitted session holds a slot until the SMTP engine reports its
-//! end (`on_close`). The per-client count:
+//! end (`on_close`). The per-client count is per stage (the MSA's 587 and
+//! 465 together: one submission service), whichever the backend:
 //!
-//! - **embedded**: this node's sessions, per listener;
-//! - **Redis**: the pair's sessions, per stage: a sorted set per client of
-//!   session ids scored by the end of a lease (`connection_lease`), which
-//!   the node's heartbeat renews while the session lives. Admission drops
-//!   expired leases and adds the new session in one Lua step, so two nodes
-//!   never both take the last slot, and a node killed with sessions open
-//!   frees them after one lease. While Redis is away the node counts its
-//!   own sessions (each node of a pair then admits up to `per_client`).
+//! - **embedded**: this node's sessions;
+//! - **Redis**: the pair's sessions: a sorted set per client of session ids
+//!   scored by the end of a lease (`connection_lease`), which the node's
+//!   heartbeat renews while the session lives. Admission drops expired
+//!   leases and adds the new session in one Lua step, so two nodes never
+//!   both take the last slot, and a node killed with sessions open frees
+//!   them after one lease. While Redis is away the node counts its own
+//!   sessions (each node of a pair then admits up to `per_client`).
 //!
 //! The total stays per node and per listener in both: it protects this
-//! node's own capacity.
+//! node's own capacity on that port.
 //!
 //! The counts live in the node's state backend, not in the policy, so a
 //! reload (a new policy) keeps counting the sessions already open.
@@ -27,9 +28,17 @@ use palisade_smtp_proto::Reply;
 
 use crate::state::SharedState;
 
-/// The sessions open on this node: listener -> client -> their peers.
+/// The sessions open on this node.
 #[derive(Default)]
-struct Open(Mutex<HashMap<SocketAddr, HashMap<IpAddr, Vec<SocketAddr>>>>);
+struct Open(Mutex<Sessions>);
+
+#[derive(Default)]
+struct Sessions {
+    /// Client -> its sessions as (listener, peer), on every listener.
+    by_client: HashMap<IpAddr, Vec<(SocketAddr, SocketAddr)>>,
+    /// Listener -> how many sessions it has open.
+    by_listener: HashMap<SocketAddr, usize>,
+}
 
 enum Over {
     Client,
@@ -45,28 +54,35 @@ impl Open {
         per_client: usize,
         total: usize,
     ) -> Result<(), Over> {
-        let mut all = self.0.lock().unwrap();
-        let open = all.entry(listener).or_default();
-        if open.values().map(Vec::len).sum::<usize>() >= total {
+        let mut open = self.0.lock().unwrap();
+        if open.by_listener.get(&listener).copied().unwrap_or(0) >= total {
             return Err(Over::Total);
         }
-        let mine = open.entry(peer.ip()).or_default();
+        let mine = open.by_client.entry(peer.ip()).or_default();
         if mine.len() >= per_client {
             return Err(Over::Client);
         }
-        mine.push(peer);
+        mine.push((listener, peer));
+        *open.by_listener.entry(listener).or_default() += 1;
         Ok(())
     }
 
     fn forget(&self, listener: SocketAddr, peer: SocketAddr) {
-        let mut all = self.0.lock().unwrap();
-        let Some(open) = all.get_mut(&listener) else {
+        let mut open = self.0.lock().unwrap();
+        let Some(mine) = open.by_client.get_mut(&peer.ip()) else {
             return;
         };
-        if let Some(mine) = open.get_mut(&peer.ip()) {
-            mine.retain(|p| *p != peer);
-            if mine.is_empty() {
-                open.remove(&peer.ip());
+        let Some(at) = mine.iter().position(|s| *s == (listener, peer)) else {
+            return;
+        };
+        mine.swap_remove(at);
+        if mine.is_empty() {
+            open.by_client.remove(&peer.ip());
+        }
+        if let Some(n) = open.by_listener.get_mut(&listener) {
+            *n -= 1;
+            if *n == 0 {
+                open.by_listener.remove(&listener);
             }
         }
     }
@@ -179,10 +195,21 @@ mod tests {
         assert!(limits.admit(l, addr("192.0.2.2:1"), 4).await.is_none());
         let r = limits.admit(l, addr("192.0.2.3:1"), 5).await.unwrap();
         assert!(!r.to_string().contains("from"), "{r}");
-        // Another listener counts apart.
-        assert!(limits.admit(addr("127.0.0.1:587"), a3, 1).await.is_none());
+        // Another listener of the stage: its own total, the same client
+        // count (as with Redis: the MSA's 587 and 465 are one service).
+        let other = addr("127.0.0.1:465");
+        assert_eq!(limits.admit(other, a3, 1).await.unwrap().code, 421);
+        assert!(limits.admit(other, addr("192.0.2.3:1"), 2).await.is_none());
         limits.release(l, a1, 1);
-        assert!(limits.admit(l, a3, 6).await.is_none());
+        assert!(limits.admit(other, a3, 3).await.is_none());
+        assert_eq!(
+            limits.admit(l, addr("192.0.2.1:4"), 7).await.unwrap().code,
+            421
+        );
+        // Releasing a session that was never admitted changes nothing.
+        limits.release(l, addr("192.0.2.9:9"), 99);
+        limits.release(l, a2, 2);
+        assert!(limits.admit(l, addr("192.0.2.1:5"), 8).await.is_none());
     }
 
     #[tokio::test]
