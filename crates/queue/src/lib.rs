@@ -615,7 +615,8 @@ impl Queue {
 
     /// Whether the message is still in the queue (any state).
     pub fn contains(&self, id: QueueId) -> bool {
-        matches!(self.inner.store.envelope(id), Ok(Some(_)))
+        // No decoding: `/journal` asks this for every accepted entry.
+        matches!(self.inner.store.contains(id), Ok(true))
     }
 }
 

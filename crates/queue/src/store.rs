@@ -343,6 +343,12 @@ impl Store {
         }
     }
 
+    /// Whether `id` has an envelope (in any state), without decoding it.
+    pub(crate) fn contains(&self, id: QueueId) -> Result<bool, QueueError> {
+        let txn = self.env.begin_ro_txn().map_err(lmdb_err)?;
+        Ok(self.find(&txn, id).map_err(lmdb_err)?.is_some())
+    }
+
     pub(crate) fn with_body<R>(
         &self,
         id: QueueId,

@@ -709,6 +709,8 @@ async fn load_due_groups_pending_recipients_and_releases_a_deleted_message() {
     );
 
     let gone = enqueue_and_take(&q, msg(2, &["x@one.example"], 100)).await;
+    assert!(q.contains(gone));
     assert!(q.delete(gone).await.unwrap());
+    assert!(!q.contains(gone) && q.contains(id));
     assert!(q.load_due(gone).is_none());
 }
