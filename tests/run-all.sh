@@ -28,8 +28,11 @@ if [ ${#missing[@]} -gt 0 ]; then
   $SUDO apt-get install -y -q --no-install-recommends "${missing[@]}"
 fi
 
-# One release build serves the cargo tests and the stage binaries.
+# One release build serves the cargo tests and the stage binaries; the
+# test targets are built before anything runs (the probe run below wants
+# a quiet machine for its latency baseline).
 cargo build --release --workspace --bins
+cargo test --release --workspace --no-run
 
 # Debian's python3 sees Debian's pytest whatever python3 is first on PATH.
 PY=/usr/bin/python3
@@ -51,11 +54,15 @@ long=tests/integration/test_probe.py::test_probe_reports_no_loss_and_the_latency
 long_log=$(mktemp /tmp/palisade-probe-test.XXXXXX)
 PALISADE_PORT_LANE=2 "${pytest[@]}" "$long" > "$long_log" 2>&1 &
 long_pid=$!
-trap 'kill "$long_pid" 2>/dev/null || true' EXIT
+# SIGTERM makes that pytest unwind (conftest.py), stopping its nodes.
+stop_long() { kill "$long_pid" 2>/dev/null || true; wait "$long_pid" 2>/dev/null || true; }
+trap stop_long EXIT
 
 status=0
 cargo test --release --workspace || status=$?
-if [ "$status" -eq 0 ]; then
+if [ "$status" -ne 0 ]; then
+  stop_long
+else
   PALISADE_PORT_LANE=0 "${pytest[@]}" -n 2 --dist loadfile tests/integration \
     --deselect "$long" || status=$?
 fi

@@ -26,6 +26,12 @@ BIN = Path(os.environ.get("PALISADE_BIN", REPO / "target" / "release"))
 PASSWORD = "correct horse battery"
 
 
+# SIGTERM (tests/run-all.sh stopping its background run) unwinds like
+# Ctrl-C, so the fixtures stop the nodes they started in their own
+# sessions instead of leaving them running.
+signal.signal(signal.SIGTERM, signal.default_int_handler)
+
+
 def free_port_offset(ports):
     """An offset that moves every port of the config onto free ports.
 
@@ -39,8 +45,10 @@ def free_port_offset(ports):
     and the long probe run) take offsets from disjoint lanes."""
     lane, lanes = port_lane()
     for _ in range(200):
-        slot = uuid.uuid4().int % (72 // lanes) * lanes + lane
-        offset = 8000 + slot * 100
+        # Steps of 200: config/local.toml has ports 100 apart (2526/2626,
+        # 10024/10124), so offsets 100 apart would share ports.
+        slot = uuid.uuid4().int % (36 // lanes) * lanes + lane
+        offset = 8000 + slot * 200
         if all(port_free(p + offset) for p in ports):
             return offset
     raise RuntimeError("no free port range")

@@ -47,6 +47,9 @@ pub async fn fetch(config: &Config, path: &str) -> Journals {
 /// after its last entry until one comes back short. A busy node's journal
 /// would otherwise be cut off and its later forwards look lost.
 pub async fn fetch_since(config: &Config, from_us: u64, page_size: usize) -> Journals {
+    // A node never answers more than MAX_ENTRIES: a larger page size would
+    // take its full page for the last one.
+    let page_size = page_size.clamp(1, MAX_ENTRIES);
     fetch_each(config, move |addr| async move {
         let first = format!(
             "/journal?after_us={}&limit={page_size}",
@@ -711,7 +714,7 @@ mod tests {
         palisade_stage::http::serve(listener, addr, router);
 
         let from_us = (palisade_stage::journal::unix_seconds(start) * 1e6) as u64;
-        for page_size in [7, 10, 30, 1000] {
+        for page_size in [7, 10, 30, 1000, MAX_ENTRIES + 5] {
             let j = fetch_since(&config, from_us, page_size).await;
             assert!(j.unreachable.is_empty(), "{:?}", j.unreachable);
             let details: Vec<_> = j.pages[0]

@@ -170,6 +170,8 @@ impl FetchFailure {
 pub struct StsCache {
     file: PathBuf,
     policies: Mutex<HashMap<String, Cached>>,
+    /// Held while the cache file is written (see `store`).
+    writing: Mutex<()>,
     /// When each domain's TXT record was last looked up.
     checked: Mutex<HashMap<String, Instant>>,
     /// Per-domain turn for discovery and fetch.
@@ -197,6 +199,7 @@ impl StsCache {
         StsCache {
             file,
             policies: Mutex::new(policies),
+            writing: Mutex::default(),
             checked: Mutex::default(),
             in_flight: Mutex::default(),
             roots: tls,
@@ -286,6 +289,9 @@ impl StsCache {
     }
 
     fn store(&self, domain: &str, entry: Cached) {
+        // One writer at a time, snapshot and file together: a later
+        // snapshot is never overwritten by an earlier one.
+        let _writing = self.writing.lock().unwrap();
         let snapshot = {
             let mut p = self.policies.lock().unwrap();
             p.insert(domain.to_string(), entry);

@@ -5,6 +5,7 @@
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 /// Writes `data` to a temporary file beside `path` (with `mode`, if
 /// given), syncs it, renames it over `path` and syncs the directory: after
@@ -17,7 +18,15 @@ pub fn replace_file(path: &Path, data: &[u8], mode: Option<u32>) -> io::Result<(
             format!("{} is not a file name", path.display()),
         )
     })?;
-    let tmp = path.with_file_name(format!(".{}.tmp", name.to_string_lossy()));
+    // Its own temporary file per call: two writers of one path must not
+    // write into the same one (the last rename wins, whole).
+    static SEQ: AtomicU64 = AtomicU64::new(0);
+    let seq = SEQ.fetch_add(1, Ordering::Relaxed);
+    let tmp = path.with_file_name(format!(
+        ".{}.{}.{seq}.tmp",
+        name.to_string_lossy(),
+        std::process::id()
+    ));
     let mut open = OpenOptions::new();
     open.write(true).create(true).truncate(true);
     #[cfg(unix)]
