@@ -39,19 +39,43 @@ def free_port_offset(ports):
     can be taken, while its node is down, as the local end of any outgoing
     connection, and the node's restart then fails with EADDRINUSE. They also
     stay below 25353, where the fixed-range helpers (dnsmasq, fake servers)
-    look for theirs. config/local.toml's ports are 2525-10127.
+    look for theirs.
 
-    Tests that run side by side (tests/run-all.sh: pytest-xdist workers
-    and the long probe run) take offsets from disjoint lanes."""
+    No two offsets share a port: their step is one that no difference
+    between two ports of config/local.toml is a multiple of (its ports come
+    100 apart, 2526/2626: offsets 100 apart would overlap). A test's
+    forwarder failing over to a node the test did not start must find
+    nothing there, not another test's node. Tests that run side by side
+    (tests/run-all.sh: pytest-xdist workers and the long probe run) take
+    offsets from disjoint lanes."""
     lane, lanes = port_lane()
+    step, slots = OFFSET_STEP
     for _ in range(200):
-        # Steps of 200: config/local.toml has ports 100 apart (2526/2626,
-        # 10024/10124), so offsets 100 apart would share ports.
-        slot = uuid.uuid4().int % (36 // lanes) * lanes + lane
-        offset = 8000 + slot * 200
+        slot = uuid.uuid4().int % (slots // lanes) * lanes + lane
+        offset = OFFSET_MIN + slot * step
         if all(port_free(p + offset) for p in ports):
             return offset
     raise RuntimeError("no free port range")
+
+
+OFFSET_MIN, OFFSET_MAX = 7700, 15173  # ports 10225-25300
+
+
+def offset_step():
+    """(step, slots): the step with the most slots between OFFSET_MIN and
+    OFFSET_MAX such that no two offsets move two ports onto one."""
+    text = (REPO / "config" / "local.toml").read_text()
+    ports = {int(p) for p in re.findall(r'"127\.0\.0\.1:(\d+)"', text)}
+    apart = {abs(a - b) for a in ports for b in ports}
+    best = (0, 0)
+    for step in range(13, 400):
+        slots = (OFFSET_MAX - OFFSET_MIN) // step + 1
+        if slots > best[1] and all(step * m not in apart for m in range(1, slots)):
+            best = (step, slots)
+    return best
+
+
+OFFSET_STEP = offset_step()
 
 
 def port_lane():
@@ -66,7 +90,10 @@ def port_lane():
 
 
 def port_free(port):
+    # SO_REUSEADDR as the nodes bind: a port whose last connections are in
+    # TIME_WAIT is free for them.
     with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind(("127.0.0.1", port))
             return True
